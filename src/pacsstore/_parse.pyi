@@ -1,0 +1,81 @@
+"""Type stubs of the native DICOM walker (src/_native/parse.pyx).
+
+``parse`` reads a DICOM Part 10 file, or a bare dataset when the transfer
+syntax is given (as a C-STORE delivers it), from any bytes-like object
+without copying it. It walks the top-level dataset element by element,
+skipping sequence contents by their lengths (walking only undefined-length
+items), and reports what the store and the index need: where the dataset
+starts, its transfer syntax, the query attributes, and where the pixel data
+and its frames lie. Every offset is a byte offset into the buffer that was
+passed in, except for deflated datasets, whose offsets refer to
+``ParseResult.inflated``.
+
+Malformed input raises :class:`pacsstore.errors.MalformedDicomError`
+(a ``ValueError``) naming the tag and byte offset.
+"""
+
+from mmap import mmap
+
+Buffer = bytes | bytearray | memoryview | mmap
+
+IMPLICIT_VR_LITTLE_ENDIAN: str
+EXPLICIT_VR_LITTLE_ENDIAN: str
+EXPLICIT_VR_BIG_ENDIAN: str
+DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: str
+
+class PixelLayout:
+    """Where the Pixel Data (7FE0,0010) value lies and how it splits into
+    frames."""
+
+    # Offset of the (7FE0,0010) tag, of its value, and of the first byte
+    # after the element (after the sequence delimiter when encapsulated).
+    element_offset: int
+    value_offset: int
+    end_offset: int
+    # Value length as encoded; -1 when undefined (encapsulated).
+    value_length: int
+    encapsulated: bool
+    frame_count: int
+
+    # Native pixel data: frame i is bits [i * frame_bits, (i+1) * frame_bits)
+    # of the value. frame_size is frame_bits // 8 rounded up; frames are
+    # byte aligned exactly when frame_bits % 8 == 0. Trailing bytes past
+    # frame_count * frame_bits (padding) belong to no frame.
+    frame_bits: int
+    frame_size: int
+
+    # Encapsulated pixel data. Offsets are absolute offsets of item values
+    # in the buffer; lengths are item value lengths.
+    basic_offset_table: list[int]
+    extended_offset_table: list[int] | None
+    extended_lengths: list[int] | None
+    fragment_offsets: list[int]
+    fragment_lengths: list[int]
+    # Frame i is fragments [frame_first_fragment[i],
+    # frame_first_fragment[i] + frame_fragment_count[i]).
+    frame_first_fragment: list[int]
+    frame_fragment_count: list[int]
+
+class ParseResult:
+    # True when the 128-byte preamble and "DICM" are present.
+    has_preamble: bool
+    # Offset of the first byte after the file meta group (0 for a bare
+    # dataset); the dataset starts here.
+    dataset_offset: int
+    # File meta elements, tag -> raw value bytes (group 0002 only).
+    meta: dict[int, bytes]
+    # Transfer syntax the dataset was read with, and whether it had to be
+    # inferred (no meta, or a meta without (0002,0010)).
+    transfer_syntax: str
+    transfer_syntax_inferred: bool
+    # Query attributes of the top-level dataset by keyword. US values
+    # (Rows, Columns, BitsAllocated, SamplesPerPixel, ...) are ints; text
+    # values are the raw value bytes, padding included, undecoded (decode
+    # them with the dataset's SpecificCharacterSet).
+    attributes: dict[str, bytes | int]
+    # Deflated transfer syntax only: the inflated dataset, to which the
+    # pixel layout offsets refer.
+    inflated: bytes | None
+    pixel: PixelLayout | None
+
+def parse(buffer: Buffer, transfer_syntax: str | None = None) -> ParseResult: ...

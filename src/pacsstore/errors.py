@@ -1,0 +1,87 @@
+"""The exceptions pacsstore raises.
+
+Every error derives from :class:`PacsstoreError`. Errors about the input a
+caller handed in (a malformed file, a dataset without a SOP Instance UID, a
+bad setting) also derive from :class:`ValueError`, so that code which
+already catches ``ValueError`` around pydicom keeps working. Messages say
+what was expected, what was found, and where: tag as ``(gggg,eeee)``, byte
+offset, SOP Instance UID.
+"""
+
+from __future__ import annotations
+
+
+class PacsstoreError(Exception):
+    """Base of every pacsstore error."""
+
+
+class MalformedDicomError(PacsstoreError, ValueError):
+    """The bytes are not a DICOM dataset pacsstore can walk safely.
+
+    ``tag`` is the element being read when the problem was found (``None``
+    before the first element), ``offset`` the byte offset in the input.
+    """
+
+    def __init__(self, message: str, *, tag: int | None = None,
+                 offset: int | None = None) -> None:
+        self.tag = tag
+        self.offset = offset
+        where = []
+        if tag is not None:
+            where.append(f"tag ({tag >> 16:04X},{tag & 0xFFFF:04X})")
+        if offset is not None:
+            where.append(f"offset {offset}")
+        suffix = f" at {', '.join(where)}" if where else ""
+        super().__init__(f"{message}{suffix}")
+
+
+class NotStorableError(PacsstoreError, ValueError):
+    """A well-formed dataset that the archive cannot keep.
+
+    For example a DICOMDIR or a saved query: no SOP Instance UID to file it
+    under.
+    """
+
+
+class ConflictError(PacsstoreError):
+    """A SOP Instance UID already stored with different bytes was sent
+    again while the re-send policy is ``reject``."""
+
+    def __init__(self, sop_instance_uid: str) -> None:
+        self.sop_instance_uid = sop_instance_uid
+        super().__init__(
+            f"SOP Instance UID {sop_instance_uid} is already stored with "
+            f"different content; the re-send policy is 'reject' "
+            f"(use on_conflict='replace' or 'keep-first' to change it)")
+
+
+class NotFoundError(PacsstoreError, KeyError):
+    """No instance with that SOP Instance UID is stored."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreFormatError(PacsstoreError):
+    """A file of the store is not in a format this version can read."""
+
+
+class NotAStoreError(StoreFormatError):
+    """The file does not start with a pacsstore magic."""
+
+
+class NewerFormatError(StoreFormatError):
+    """The file was written by a newer pacsstore format version."""
+
+
+class CorruptStoreError(StoreFormatError):
+    """Stored bytes fail their checksum or digest."""
+
+
+class StoreLockedError(PacsstoreError):
+    """Another process has the store open for writing."""
+
+
+class OutOfSpaceError(PacsstoreError, OSError):
+    """The disk or the index map is full; nothing of the batch was
+    acknowledged and what was stored before is intact."""
