@@ -10,6 +10,8 @@ from pacsstore.errors import (
     ConflictError,
     CorruptStoreError,
     MalformedDicomError,
+    NewerFormatError,
+    NotAStoreError,
     NotFoundError,
     NotStorableError,
     OutOfSpaceError,
@@ -17,24 +19,37 @@ from pacsstore.errors import (
     StoreLockedError,
 )
 
-__version__ = "0.1.0"
-
-# Root of the UIDs pacsstore itself creates (a UUID-derived root, PS3.5
-# B.2), and the Implementation Class UID it writes into file meta groups.
-UID_ROOT = "2.25.221347690050281183182351243737499062089"
-IMPLEMENTATION_CLASS_UID = UID_ROOT + ".1"
-IMPLEMENTATION_VERSION_NAME = "PACSSTORE_" + __version__.replace(".", "")
+from pacsstore.store import (
+    Archive,
+    ArchiveStats,
+    QueryError,
+    StoreConfigError,
+    StoreResult,
+)
+from pacsstore.uids import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    UID_ROOT,
+    VERSION as __version__,
+)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
+    "Archive",
+    "ArchiveStats",
     "ConflictError",
     "CorruptStoreError",
     "MalformedDicomError",
+    "NewerFormatError",
+    "NotAStoreError",
     "NotFoundError",
     "NotStorableError",
     "OutOfSpaceError",
     "PacsstoreError",
+    "QueryError",
+    "StoreConfigError",
     "StoreLockedError",
+    "StoreResult",
     "__version__",
 ]

@@ -35,7 +35,17 @@ class PixelLayout:
     # Value length as encoded; -1 when undefined (encapsulated).
     value_length: int
     encapsulated: bool
+    # Frames found in the value. frames_announced is NumberOfFrames (1 when
+    # absent or not a positive integer). frame_count is 0 when the value
+    # cannot be split: native data without Rows/Columns/BitsAllocated, or
+    # encapsulated data without a complete item.
     frame_count: int
+    frames_announced: int
+    # The data ends inside the value: a native value shorter than its
+    # length (only complete frames count), or encapsulated data without its
+    # sequence delimiter (only complete fragments are listed); end_offset
+    # is then the end of the buffer.
+    truncated: bool
 
     # Native pixel data: frame i is bits [i * frame_bits, (i+1) * frame_bits)
     # of the value. frame_size is frame_bits // 8 rounded up; frames are
@@ -52,7 +62,14 @@ class PixelLayout:
     fragment_offsets: list[int]
     fragment_lengths: list[int]
     # Frame i is fragments [frame_first_fragment[i],
-    # frame_first_fragment[i] + frame_fragment_count[i]).
+    # frame_first_fragment[i] + frame_fragment_count[i]), mapped as
+    # pydicom.encaps.generate_fragmented_frames does: by the extended
+    # offset table when it names fragment starts and lengths, else by the
+    # basic offset table, else one fragment when there is one, one frame
+    # per fragment when the counts match, all fragments for one frame, and
+    # a fragment ending in FFD9 (JPEG EOI, J2K EOC) closing a frame when
+    # there are more fragments than frames. With fewer fragments than
+    # announced frames, each fragment is a frame.
     frame_first_fragment: list[int]
     frame_fragment_count: list[int]
 
@@ -77,5 +94,13 @@ class ParseResult:
     # pixel layout offsets refer.
     inflated: bytes | None
     pixel: PixelLayout | None
+    # Where the walk of the dataset stopped: the end of the data, or an
+    # item delimiter (FFFE,E00D) at dataset level, which ends the dataset
+    # as it does in pydicom (ended_by_delimiter).
+    end_offset: int
+    ended_by_delimiter: bool
+    # The data ends inside the last element (its value is kept clipped to
+    # what is there, as pydicom does) or inside encapsulated pixel data.
+    truncated: bool
 
 def parse(buffer: Buffer, transfer_syntax: str | None = None) -> ParseResult: ...

@@ -55,6 +55,19 @@ class ConflictError(PacsstoreError):
             f"(use on_conflict='replace' or 'keep-first' to change it)")
 
 
+class StoreConfigError(PacsstoreError, ValueError):
+    """A setting of the Archive has a value it cannot work with."""
+
+
+class QueryError(PacsstoreError, ValueError):
+    """A query names an unknown level or keyword."""
+
+
+class FrameDecodeError(PacsstoreError, ValueError):
+    """pydicom's pixel handlers could not decode a stored frame (an
+    unsupported transfer syntax, or a damaged bitstream)."""
+
+
 class NotFoundError(PacsstoreError, KeyError):
     """No instance with that SOP Instance UID is stored."""
 

@@ -1,0 +1,183 @@
+"""The header of one DICOM instance, as the store and the index see it.
+
+:func:`read_header` runs the native walker (:mod:`pacsstore._parse`) over
+a Part 10 file or a bare dataset and decodes the few attributes it found
+into Python values. Nothing else of the dataset is touched: the walker
+recorded where those values lie, and only they are decoded, so the cost of
+a header does not grow with the number of elements in the file.
+
+Decoding follows pydicom, the reference the tests hold it to: text in the
+dataset's Specific Character Set through :mod:`pydicom.charset`, trailing
+spaces and NULs stripped, a Person Name in its DICOM form (components
+joined by ``^``, groups by ``=``), an IS as an int (``None`` when it is not
+an integer), a US as an int, and a value with several components as a
+tuple (always for Image Type and Specific Character Set).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from mmap import mmap
+from typing import Union
+
+from pydicom.charset import convert_encodings, decode_bytes
+from pydicom.values import convert_PN
+from pydicom.valuerep import PersonName, TEXT_VR_DELIMS
+
+from pacsstore._parse import ParseResult, PixelLayout, parse
+
+logger = logging.getLogger(__name__)
+
+Buffer = Union[bytes, bytearray, memoryview, mmap]
+Value = Union[str, int, tuple, None]
+
+# The value representation of each attribute the walker records; it decides
+# how the raw bytes decode.
+_VR = {
+    "SpecificCharacterSet": "CS", "ImageType": "CS",
+    "SOPClassUID": "UI", "SOPInstanceUID": "UI",
+    "StudyInstanceUID": "UI", "SeriesInstanceUID": "UI",
+    "StudyDate": "DA", "SeriesDate": "DA", "ContentDate": "DA",
+    "PatientBirthDate": "DA", "PerformedProcedureStepStartDate": "DA",
+    "StudyTime": "TM", "SeriesTime": "TM", "ContentTime": "TM",
+    "PerformedProcedureStepStartTime": "TM",
+    "AcquisitionDateTime": "DT",
+    "AccessionNumber": "SH", "StudyID": "SH",
+    "Modality": "CS", "PatientSex": "CS", "BodyPartExamined": "CS",
+    "PhotometricInterpretation": "CS",
+    "Manufacturer": "LO", "InstitutionName": "LO", "PatientID": "LO",
+    "IssuerOfPatientID": "LO", "StudyDescription": "LO",
+    "SeriesDescription": "LO",
+    "PatientName": "PN", "ReferringPhysicianName": "PN",
+    "PatientAge": "AS",
+    "SeriesNumber": "IS", "InstanceNumber": "IS", "NumberOfFrames": "IS",
+}
+# VRs whose text is in the dataset's character set (PS3.5 6.1.2.3); the
+# others are in the default repertoire.
+_CHARSET_VRS = frozenset(("SH", "LO", "PN", "ST", "LT", "UC", "UT"))
+_TEXT_DELIMITERS = TEXT_VR_DELIMS
+_ALWAYS_TUPLE = frozenset(("ImageType", "SpecificCharacterSet"))
+# pydicom's default_encoding: the default repertoire read leniently.
+_DEFAULT_ENCODING = "iso8859"
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the store needs of one instance: the walk and the decoded
+    attributes (absent ones are simply missing from ``attributes``)."""
+
+    result: ParseResult
+    attributes: dict[str, Value] = field(default_factory=dict)
+
+    @property
+    def transfer_syntax(self) -> str:
+        return self.result.transfer_syntax
+
+    @property
+    def pixel(self) -> PixelLayout | None:
+        return self.result.pixel
+
+    @property
+    def sop_instance_uid(self) -> str | None:
+        return _text_or_none(self.attributes.get("SOPInstanceUID"))
+
+    @property
+    def sop_class_uid(self) -> str | None:
+        return _text_or_none(self.attributes.get("SOPClassUID"))
+
+    def get(self, keyword: str, default: Value = None) -> Value:
+        return self.attributes.get(keyword, default)
+
+
+def read_header(buffer: Buffer,
+                transfer_syntax: str | None = None) -> Header:
+    """Walk a Part 10 file (or a bare dataset of the given transfer syntax)
+    and decode its query attributes.
+
+    Raises :class:`pacsstore.errors.MalformedDicomError` where the bytes
+    cannot be walked safely.
+    """
+    result = parse(buffer, transfer_syntax)
+    raw = result.attributes
+    encodings = _encodings(raw.get("SpecificCharacterSet"))
+    attributes = {keyword: decode_value(keyword, value, encodings)
+                  for keyword, value in raw.items()}
+    return Header(result=result, attributes=attributes)
+
+
+def decode_value(keyword: str, raw: bytes | int,
+                 encodings: list[str]) -> Value:
+    """One recorded value as pydicom would present it."""
+    if isinstance(raw, int):
+        return raw
+    vr = _VR.get(keyword, "LO")
+    if vr == "IS":
+        return _integer_string(raw)
+    if vr == "PN":
+        values = _person_names(raw, encodings)
+    elif vr in _CHARSET_VRS:
+        # pydicom's convert_text: padding stripped from each value.
+        text = _decode_text(raw, encodings)
+        values = tuple(part.rstrip("\x00 ") for part in text.split("\\"))
+    else:
+        # pydicom's multi_string: padding stripped from the whole value.
+        text = raw.decode(_DEFAULT_ENCODING).rstrip(" \x00")
+        values = tuple(text.split("\\"))
+    if keyword in _ALWAYS_TUPLE:
+        return values if values != ("",) else ()
+    return values[0] if len(values) == 1 else values
+
+
+def _person_names(raw: bytes, encodings: list[str]) -> tuple[str, ...]:
+    """Person names in their DICOM form, as str(PersonName) gives them."""
+    value = convert_PN(raw, encodings)
+    if isinstance(value, PersonName):
+        return (str(value),)
+    return tuple(str(name) for name in value)
+
+
+def _decode_text(raw: bytes, encodings: list[str]) -> str:
+    # Without code extensions (no ESC) and with one character set, the
+    # text is plain bytes of that set: decode it directly, and leave the
+    # rest (and any failure, which pydicom replaces) to pydicom.
+    if len(encodings) == 1 and b"\x1b" not in raw:
+        try:
+            return raw.decode(encodings[0])
+        except (UnicodeDecodeError, LookupError):
+            pass
+    return decode_bytes(raw, encodings, _TEXT_DELIMITERS)
+
+
+def _encodings(raw: bytes | int | None) -> list[str]:
+    if not isinstance(raw, bytes):
+        return [_DEFAULT_ENCODING]
+    return list(_charset_encodings(raw))
+
+
+@lru_cache(maxsize=64)
+def _charset_encodings(raw: bytes) -> tuple[str, ...]:
+    """Python codecs of a Specific Character Set value; an archive sees
+    few distinct values, so they are worked out once each."""
+    terms = [term.strip(" \x00") for term in
+             raw.decode(_DEFAULT_ENCODING).split("\\")]
+    return tuple(convert_encodings(terms))
+
+
+def _integer_string(raw: bytes) -> int | None:
+    """An IS value as an int; None when empty or not an integer."""
+    text = raw.decode(_DEFAULT_ENCODING).strip(" \x00")
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def _text_or_none(value: Value) -> str | None:
+    return value if isinstance(value, str) and value else None

@@ -1,0 +1,452 @@
+"""The Archive: pacsstore's embedded API over one store directory.
+
+A store is a directory::
+
+    PACSSTORE       marker: magic line and format version (JSON)
+    lock            fcntl lock held by the one writer
+    index/          the LMDB environment (index.py)
+    segments/       append-only segment files (segments.py)
+
+Opening for writing takes the lock, so a second writer fails at once with
+StoreLockedError instead of interleaving appends; readers take no lock
+and may run in other processes while the writer works. Every store call
+returns only after its data and index records are durable: ``store`` and
+``store_received`` wait for the group commit that carries them, and
+``store_many`` keeps a bounded number of bytes in flight so that it can
+prepare the next instances while earlier ones commit.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import io
+import json
+import logging
+import os
+from collections.abc import Iterable
+from concurrent.futures import Future
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Union
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from pacsstore import parsing
+from pacsstore.errors import (
+    ConflictError,
+    MalformedDicomError,
+    NewerFormatError,
+    NotAStoreError,
+    NotFoundError,
+    NotStorableError,
+    StoreLockedError,
+)
+from pacsstore.filemeta import build_file_meta
+from pacsstore.pixels.decode import decode_frame
+from pacsstore.store import layout, policy, query, results
+from pacsstore.store.commit import (
+    DEDUP_SAVED,
+    LOGICAL_BYTES,
+    Committer,
+)
+from pacsstore.store.index import (
+    DEFAULT_MAP_SIZE,
+    DEFAULT_MAX_MAP_SIZE,
+    Index,
+)
+from pacsstore.store.prepare import Prepared, Preparer
+from pacsstore.store.reader import InstanceReader, open_stream
+from pacsstore.store.results import ArchiveStats, StoreResult
+from pacsstore.store.segments import (
+    DEFAULT_MAX_SIZE,
+    SegmentReader,
+    SegmentWriter,
+)
+
+log = logging.getLogger(__name__)
+
+STORE_MAGIC = b"PACSSTORE store\n"
+STORE_FORMAT_VERSION = 1
+
+# store_many keeps at most this many bytes prepared but not committed:
+# enough for large batches (few syncs), small enough to keep memory flat.
+DEFAULT_MAX_INFLIGHT = 256 << 20
+
+StoreInput = Union[bytes, bytearray, memoryview, str, os.PathLike, Dataset]
+# Errors that make one item invalid without saying anything about the
+# store: skip_invalid turns them into "rejected" results.
+_ITEM_ERRORS = (MalformedDicomError, NotStorableError, ConflictError)
+
+
+class Archive:
+    """A pacsstore store, opened for writing (the default) or reading."""
+
+    def __init__(self, path: str | os.PathLike, *,
+                 on_conflict: str = policy.REJECT,
+                 readonly: bool = False,
+                 compression_level: int = 3,
+                 segment_size: int = DEFAULT_MAX_SIZE,
+                 map_size: int = DEFAULT_MAP_SIZE,
+                 max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+                 max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT) -> None:
+        self.path = Path(path)
+        self.on_conflict = policy.check_policy(on_conflict)
+        self.readonly = readonly
+        self._max_inflight = max_inflight_bytes
+        self._lock_fd: int | None = None
+        self._committer: Committer | None = None
+        self._open_marker()
+        if not readonly:
+            self._take_lock()
+        try:
+            self._index = Index(self.path / "index", readonly=readonly,
+                                map_size=map_size,
+                                max_map_size=max_map_size)
+        except BaseException:
+            self._release_lock()
+            raise
+        self._segments = SegmentReader(self.path / "segments")
+        self._preparer = Preparer(self._index, compression_level)
+        if not readonly:
+            self._start_writer(segment_size)
+
+    # Opening and closing -------------------------------------------------
+
+    def _open_marker(self) -> None:
+        marker = self.path / "PACSSTORE"
+        if not marker.exists():
+            if self.readonly:
+                raise NotAStoreError(f"{self.path} is not a pacsstore store "
+                                     f"(no PACSSTORE marker)")
+            self._create()
+            return
+        raw = marker.read_bytes()
+        if not raw.startswith(STORE_MAGIC):
+            raise NotAStoreError(f"{marker} is not a pacsstore marker")
+        try:
+            version = json.loads(raw[len(STORE_MAGIC):])["format_version"]
+        except (ValueError, KeyError, TypeError):
+            raise NotAStoreError(f"{marker} is damaged") from None
+        if version > STORE_FORMAT_VERSION:
+            raise NewerFormatError(
+                f"{self.path} has store format version {version}; this "
+                f"pacsstore reads up to {STORE_FORMAT_VERSION}")
+
+    def _create(self) -> None:
+        if self.path.exists() and any(self.path.iterdir()):
+            raise NotAStoreError(
+                f"{self.path} exists, is not empty and is not a pacsstore "
+                f"store; refusing to create one inside it")
+        (self.path / "segments").mkdir(parents=True, exist_ok=True)
+        (self.path / "index").mkdir(exist_ok=True)
+        body = json.dumps({"format_version": STORE_FORMAT_VERSION})
+        temporary = self.path / "PACSSTORE.new"
+        with open(temporary, "wb") as handle:
+            handle.write(STORE_MAGIC + body.encode() + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path / "PACSSTORE")
+        log.info("created store %s", self.path)
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLockedError(
+                f"{self.path} is open for writing by another process (or "
+                f"another Archive); open it with readonly=True to read")
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _start_writer(self, segment_size: int) -> None:
+        with self._index.read() as txn:
+            committed = self._index.segments(txn)
+        writer = SegmentWriter(self.path / "segments", committed,
+                               max_size=segment_size)
+        self._committer = Committer(self._index, writer, self._preparer,
+                                    self.on_conflict)
+
+    def close(self) -> None:
+        """Commit what is pending, release the writer lock."""
+        if self._committer is not None:
+            self._committer.close()
+            self._committer = None
+        if getattr(self, "_index", None) is not None:
+            self._segments.close()
+            self._index.close()
+            self._index = None  # type: ignore[assignment]
+        self._release_lock()
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None,
+                 value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    # Storing ---------------------------------------------------------------
+
+    def _writer(self) -> Committer:
+        if self._committer is None:
+            raise policy.StoreConfigError(
+                f"{self.path} is open read-only (or closed); open it "
+                f"without readonly=True to store")
+        return self._committer
+
+    def _prepare(self, data: StoreInput) -> Prepared:
+        return self._preparer.prepare(_as_bytes(data))
+
+    def store(self, data: StoreInput) -> StoreResult:
+        """Store one instance; returns once it is durable."""
+        committer = self._writer()
+        return committer.submit(self._prepare(data)).result()
+
+    def store_received(self, dataset: bytes | memoryview,
+                       transfer_syntax: str, *, sop_class_uid: str,
+                       sop_instance_uid: str,
+                       source_ae: str | None = None) -> StoreResult:
+        """Store a dataset as a C-STORE delivered it: a file meta group is
+        written in front of the bytes, which are kept exactly as they
+        came. Thread-safe; concurrent callers share group commits."""
+        committer = self._writer()
+        meta = build_file_meta(sop_class_uid=sop_class_uid,
+                               sop_instance_uid=sop_instance_uid,
+                               transfer_syntax=transfer_syntax,
+                               source_ae=source_ae)
+        prepared = self._preparer.prepare(meta + bytes(dataset),
+                                          source_ae=source_ae)
+        if prepared.uid != sop_instance_uid:
+            raise NotStorableError(
+                f"the dataset's SOP Instance UID (0008,0018) is "
+                f"{prepared.uid}, but it was sent as {sop_instance_uid}")
+        return committer.submit(prepared).result()
+
+    def store_many(self, items: Iterable[StoreInput], *,
+                   skip_invalid: bool = False) -> list[StoreResult]:
+        """Store many instances through group commit, in order.
+
+        With ``skip_invalid`` a bad item (malformed, not storable, or a
+        conflict under ``reject``) gives a result with status "rejected"
+        and ``error`` set, and the rest go on. Without it, the first bad
+        item raises, after every item before it is durable; items after
+        it that were already handed to the committer complete as well
+        (store them again to learn their results: a re-send is
+        idempotent), later ones are not read.
+        """
+        return _Pipeline(self, skip_invalid).run(items)
+
+    # Reading -----------------------------------------------------------------
+
+    def _reader(self, uid: str) -> InstanceReader:
+        return InstanceReader(self._index, self._segments, uid)
+
+    def get(self, sop_instance_uid: str) -> bytes:
+        """The stored bytes of the instance, exactly."""
+        return self._reader(sop_instance_uid).read_all()
+
+    def open(self, sop_instance_uid: str) -> BinaryIO:
+        """A streaming read of the instance, one block at a time."""
+        return open_stream(self._reader(sop_instance_uid))  # type: ignore
+
+    def dataset(self, sop_instance_uid: str) -> Dataset:
+        """The instance as a pydicom Dataset."""
+        return pydicom.dcmread(io.BytesIO(self.get(sop_instance_uid)),
+                               force=True)
+
+    def frame(self, sop_instance_uid: str, index: int, *,
+              decode: bool = False) -> bytes | np.ndarray:
+        """Frame ``index`` (0-based): its stored bytes (a frame's
+        fragment values joined, for encapsulated syntaxes) or, with
+        ``decode``, the decoded pixels as a numpy array."""
+        reader = self._reader(sop_instance_uid)
+        frame, prefix, syntax = _frame_of(reader, index)
+        if not decode:
+            return frame
+        native = reader.record["layout"] != layout.ENCAPSULATED
+        return decode_frame(prefix, frame, syntax, native=native)
+
+    def find(self, level: str, **keys: Any) -> list[dict[str, Any]]:
+        """Patients, studies, series or instances matching ``keys``."""
+        return query.find(self._index, level, **keys)
+
+    def stats(self) -> ArchiveStats:
+        index = self._index
+        with index.read() as txn:
+            segments = index.segments(txn)
+            return ArchiveStats(
+                patients=index.count(txn, "patient"),
+                studies=index.count(txn, "study"),
+                series=index.count(txn, "series"),
+                instances=index.count(txn, "instance"),
+                blocks=txn.stat(index.db["blocks"])["entries"],
+                logical_bytes=index.counter(txn, LOGICAL_BYTES),
+                stored_bytes=sum(segments.values()),
+                dedup_saved_bytes=index.counter(txn, DEDUP_SAVED),
+                segments=len(segments))
+
+    def record(self, sop_instance_uid: str) -> dict[str, Any]:
+        """The index record of an instance (see docs/format.md)."""
+        with self._index.read() as txn:
+            found = self._index.record(txn, "instance", sop_instance_uid)
+        if found is None:
+            raise NotFoundError(f"no instance with SOP Instance UID "
+                                f"{sop_instance_uid} is stored")
+        return found
+
+    def __contains__(self, sop_instance_uid: object) -> bool:
+        if not isinstance(sop_instance_uid, str):
+            return False
+        with self._index.read() as txn:
+            return self._index.record(
+                txn, "instance", sop_instance_uid) is not None
+
+
+class _Pipeline:
+    """store_many: prepare ahead while earlier batches commit."""
+
+    def __init__(self, archive: Archive, skip_invalid: bool) -> None:
+        self.archive = archive
+        self.committer = archive._writer()
+        self.skip_invalid = skip_invalid
+        self.results: list[StoreResult | None] = []
+        self.inflight: collections.deque[tuple[int, Future, int]] = \
+            collections.deque()
+        self.inflight_bytes = 0
+
+    def run(self, items: Iterable[StoreInput]) -> list[StoreResult]:
+        try:
+            for item in items:
+                self._one(item)
+                while self.inflight_bytes > self.archive._max_inflight:
+                    self._settle_oldest()
+        finally:
+            self._drain()
+        return [r for r in self.results if r is not None]
+
+    def _one(self, item: StoreInput) -> None:
+        position = len(self.results)
+        self.results.append(None)
+        try:
+            prepared = self.archive._prepare(item)
+        except _ITEM_ERRORS as exc:
+            self._reject(position, exc, None)
+            return
+        cost = prepared.size + prepared.pending_bytes
+        future = self.committer.submit(prepared)
+        self.inflight.append((position, future, cost))
+        self.inflight_bytes += cost
+
+    def _settle_oldest(self) -> None:
+        position, future, cost = self.inflight.popleft()
+        self.inflight_bytes -= cost
+        try:
+            self.results[position] = future.result()
+        except _ITEM_ERRORS as exc:
+            self._reject(position, exc, future)
+
+    def _reject(self, position: int, exc: Exception,
+                future: Future | None) -> None:
+        if not self.skip_invalid:
+            raise exc
+        uid = getattr(exc, "sop_instance_uid", None)
+        self.results[position] = StoreResult(
+            sop_instance_uid=uid, sop_class_uid=None,
+            study_instance_uid=None, series_instance_uid=None,
+            patient_id=None, status=results.REJECTED, size=0,
+            bytes_written=0, bytes_deduplicated=0, frames=0,
+            error=str(exc))
+
+    def _drain(self) -> None:
+        """Wait for everything in flight; the first error (if any and not
+        skipped) is raised after all of it is settled."""
+        first: BaseException | None = None
+        while self.inflight:
+            try:
+                self._settle_oldest()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                first = first or exc
+        if first is not None:
+            raise first
+
+
+def _as_bytes(data: StoreInput) -> bytes | memoryview:
+    if isinstance(data, (bytes, memoryview)):
+        return data
+    if isinstance(data, bytearray):
+        return bytes(data)
+    if isinstance(data, Dataset):
+        return _dataset_bytes(data)
+    if isinstance(data, (str, os.PathLike)):
+        try:
+            return Path(data).read_bytes()
+        except OSError as exc:
+            raise NotStorableError(
+                f"cannot read {os.fspath(data)!r}: {exc.strerror}") from None
+    raise NotStorableError(
+        f"store() takes bytes, a path or a pydicom Dataset; found "
+        f"{type(data).__name__}")
+
+
+def _dataset_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise NotStorableError(
+            f"the pydicom Dataset cannot be written as a Part 10 file: "
+            f"{exc}") from None
+    return buffer.getvalue()
+
+
+def _frame_of(reader: InstanceReader,
+              index: int) -> tuple[bytes, bytes, str]:
+    """(frame bytes, bytes before the pixel data, transfer syntax)."""
+    record = reader.record
+    kind, count = record["layout"], record["frames"]
+    uid = record["sop_instance_uid"]
+    if kind == layout.NONE or not 0 <= index < max(count, 0):
+        raise NotFoundError(
+            f"instance {uid} has {count} frame(s); frame {index} (0-based) "
+            f"does not exist")
+    if kind == layout.WHOLE:
+        return _deflated_frame(reader.read_all(), index, uid)
+    prefix = reader.header()[:record["pixel_offset"]]
+    if kind == layout.BITPACKED:
+        value = reader.frame_block(0)
+        frame = layout.bit_frame(value, index, record["frame_bits"])
+    else:
+        if index >= len(record["blocks"]):
+            raise NotFoundError(f"instance {uid}: frame {index} is not in "
+                                f"the stored pixel data")
+        frame = reader.frame_block(index)
+    return frame, prefix, record["transfer_syntax"]
+
+
+def _deflated_frame(data: bytes, index: int,
+                    uid: str) -> tuple[bytes, bytes, str]:
+    """Deflated datasets are stored whole: inflate and cut on read."""
+    header = parsing.read_header(data)
+    inflated, pixel = header.result.inflated, header.result.pixel
+    if inflated is None or pixel is None:
+        raise NotFoundError(f"instance {uid} has no pixel data")
+    parts = layout.split(inflated, pixel, deflated=False)
+    if parts.layout == layout.BITPACKED:
+        frame = layout.bit_frame(bytes(parts.blocks[0]), index,
+                                 parts.frame_bits)
+    elif index < len(parts.blocks):
+        frame = bytes(parts.blocks[index])
+    else:
+        raise NotFoundError(f"instance {uid}: frame {index} is not in the "
+                            f"stored pixel data")
+    prefix = inflated[:pixel.element_offset]
+    return frame, prefix, "1.2.840.10008.1.2.1"

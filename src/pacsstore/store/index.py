@@ -1,0 +1,323 @@
+"""The index: an LMDB environment naming every block and instance.
+
+The index is what makes a read one lookup and one positional read: it
+maps each block digest to where the block lies and how many instances
+refer to it, each SOP Instance UID to the record that says how to rebuild
+its bytes, and the patient / study / series hierarchy to the attributes a
+query matches on. It is also where the store records how far each segment
+has been durably written, which is what lets the writer discard the torn
+tail of a segment after a crash.
+
+Everything here is derived: each instance's record is also written, as a
+manifest block, into the segments, so a lost index can be rebuilt from
+them. LMDB gives the index one writer and any number of readers, in this
+process or others, that never block; its write transactions are durable
+when they return because the environment is opened with sync on.
+
+The map of an LMDB environment has a fixed size. When a write runs out of
+it, the writer doubles the map and retries the transaction, up to
+``max_map_size``; only past that does a store fail, with a message that
+names the setting. Resizing needs every transaction of this process to be
+finished, so read transactions pass through a small gate that the resize
+closes while it works.
+
+Encodings (docs/format.md has the full description): fixed records are
+little-endian ``struct``s, the others compact UTF-8 JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+
+from pacsstore.errors import (
+    CorruptStoreError,
+    NewerFormatError,
+    OutOfSpaceError,
+)
+
+log = logging.getLogger(__name__)
+
+INDEX_FORMAT_VERSION = 1
+
+# A fresh map is small (it is a sparse file, but some filesystems and
+# backups see its full size); doubling reaches any size in a few steps.
+DEFAULT_MAP_SIZE = 64 << 20
+DEFAULT_MAX_MAP_SIZE = 1 << 40
+
+DATABASES = ("meta", "segments", "blocks", "instances", "patients",
+             "studies", "series")
+# Parent -> child links, one LMDB dupsort database. Keys are a level
+# prefix plus the parent key; values are the child keys.
+CHILD_PREFIX = {"patient": b"p:", "study": b"s:", "series": b"e:"}
+
+# segment, offset, raw length, stored length, kind, codec, refcount.
+_BLOCK = struct.Struct("<IQQQBBI")
+_SEGMENT_KEY = struct.Struct(">I")  # big-endian: keys sort by number
+_U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
+_U32 = struct.Struct("<I")
+
+# LMDB refuses keys above 511 bytes; UIDs and patient IDs are at most 64
+# characters when conformant, so this leaves room and fails clearly.
+MAX_KEY_BYTES = 400
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BlockEntry:
+    segment: int
+    offset: int
+    raw_length: int
+    stored_length: int
+    kind: int
+    codec: int
+    refcount: int
+
+    def encode(self) -> bytes:
+        return _BLOCK.pack(self.segment, self.offset, self.raw_length,
+                           self.stored_length, self.kind, self.codec,
+                           self.refcount)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> BlockEntry:
+        return cls(*_BLOCK.unpack(raw))
+
+    def with_refcount(self, refcount: int) -> BlockEntry:
+        return BlockEntry(self.segment, self.offset, self.raw_length,
+                          self.stored_length, self.kind, self.codec,
+                          refcount)
+
+
+def key(value: str) -> bytes:
+    """LMDB key of a UID or patient ID; an empty one is a single NUL
+    (LMDB has no empty keys)."""
+    return value.encode("utf-8") or b"\x00"
+
+
+def unkey(raw: bytes) -> str:
+    return "" if raw == b"\x00" else raw.decode("utf-8")
+
+
+def dumps(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":"),
+                      ensure_ascii=False).encode("utf-8")
+
+
+def loads(raw: bytes, where: str) -> dict[str, Any]:
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise CorruptStoreError(f"index record {where} is damaged: "
+                                f"{exc}") from None
+
+
+class _Gate:
+    """Lets many read transactions in, or one map resize, not both."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._resizing = False
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def resizing(self) -> Iterator[None]:
+        with self._cond:
+            self._resizing = True
+            while self._readers:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._resizing = False
+                self._cond.notify_all()
+
+
+class Index:
+    """The LMDB environment of one store and its named databases."""
+
+    def __init__(self, path: Path, *, readonly: bool,
+                 map_size: int = DEFAULT_MAP_SIZE,
+                 max_map_size: int = DEFAULT_MAX_MAP_SIZE) -> None:
+        self.readonly = readonly
+        self.max_map_size = max_map_size
+        self._gate = _Gate()
+        self.env = lmdb.open(
+            str(path), subdir=True, readonly=readonly,
+            map_size=map_size, max_dbs=len(DATABASES) + 1,
+            max_readers=256, sync=True, metasync=True, lock=True,
+            create=not readonly)
+        while True:
+            try:
+                self.db = self._open_databases()
+                break
+            except lmdb.MapFullError:
+                self._grow()  # creating the databases needs room too
+        self._check_version()
+
+    def _open_databases(self) -> dict[str, Any]:
+        create = not self.readonly
+        db = {name: self.env.open_db(name.encode(), create=create)
+              for name in DATABASES}
+        db["children"] = self.env.open_db(b"children", dupsort=True,
+                                          create=create)
+        return db
+
+    def _check_version(self) -> None:
+        with self.read() as txn:
+            raw = txn.get(b"format_version", db=self.db["meta"])
+        if raw is None:
+            if not self.readonly:
+                self.write(lambda txn: txn.put(
+                    b"format_version", _U32.pack(INDEX_FORMAT_VERSION),
+                    db=self.db["meta"]))
+            return
+        (version,) = _U32.unpack(raw)
+        if version > INDEX_FORMAT_VERSION:
+            raise NewerFormatError(
+                f"the index has format version {version}; this pacsstore "
+                f"reads up to {INDEX_FORMAT_VERSION}")
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[lmdb.Transaction]:
+        """A read transaction; follows a map grown by another process."""
+        with self._gate.reading():
+            try:
+                txn = self.env.begin(buffers=False)
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)
+                txn = self.env.begin(buffers=False)
+            try:
+                yield txn
+            finally:
+                txn.abort()
+
+    def write(self, work: Callable[[lmdb.Transaction], T], *,
+              on_retry: Callable[[], None] | None = None) -> T:
+        """Run ``work`` in one durable write transaction, growing the map
+        and running it again (after ``on_retry``) when it is full."""
+        while True:
+            try:
+                with self.env.begin(write=True) as txn:
+                    return work(txn)
+            except lmdb.MapFullError:
+                if on_retry is not None:
+                    on_retry()
+                self._grow()
+
+    def _grow(self) -> None:
+        current = self.env.info()["map_size"]
+        if current * 2 > self.max_map_size:
+            raise OutOfSpaceError(
+                28, f"the LMDB index map is full at {current} bytes and "
+                    f"may not grow past max_map_size={self.max_map_size}; "
+                    f"open the Archive with a larger max_map_size")
+        with self._gate.resizing():
+            self.env.set_mapsize(current * 2)
+        log.info("index map grown to %d bytes", current * 2)
+
+    # Blocks --------------------------------------------------------------
+
+    def block(self, txn: lmdb.Transaction, digest: bytes) -> BlockEntry | None:
+        raw = txn.get(digest, db=self.db["blocks"])
+        return None if raw is None else BlockEntry.decode(raw)
+
+    def put_block(self, txn: lmdb.Transaction, digest: bytes,
+                  entry: BlockEntry) -> None:
+        txn.put(digest, entry.encode(), db=self.db["blocks"])
+
+    # Instances and the hierarchy -----------------------------------------
+
+    def record(self, txn: lmdb.Transaction, level: str,
+               name: str) -> dict[str, Any] | None:
+        raw = txn.get(key(name), db=self.db[_plural(level)])
+        return None if raw is None else loads(raw, f"{level} {name}")
+
+    def put_record(self, txn: lmdb.Transaction, level: str, name: str,
+                   record: dict[str, Any]) -> None:
+        txn.put(key(name), dumps(record), db=self.db[_plural(level)])
+
+    def delete_record(self, txn: lmdb.Transaction, level: str,
+                      name: str) -> None:
+        txn.delete(key(name), db=self.db[_plural(level)])
+
+    def records(self, txn: lmdb.Transaction,
+                level: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        for raw_key, raw in txn.cursor(db=self.db[_plural(level)]):
+            name = unkey(raw_key)
+            yield name, loads(raw, f"{level} {name}")
+
+    def link(self, txn: lmdb.Transaction, level: str, parent: str,
+             child: str) -> None:
+        txn.put(CHILD_PREFIX[level] + key(parent), key(child),
+                dupdata=False, db=self.db["children"])
+
+    def unlink(self, txn: lmdb.Transaction, level: str, parent: str,
+               child: str) -> None:
+        txn.delete(CHILD_PREFIX[level] + key(parent), key(child),
+                   db=self.db["children"])
+
+    def children(self, txn: lmdb.Transaction, level: str,
+                 parent: str) -> list[str]:
+        cursor = txn.cursor(db=self.db["children"])
+        if not cursor.set_key(CHILD_PREFIX[level] + key(parent)):
+            return []
+        return [unkey(raw) for raw in cursor.iternext_dup()]
+
+    def count(self, txn: lmdb.Transaction, level: str) -> int:
+        return txn.stat(self.db[_plural(level)])["entries"]
+
+    # Segments and counters -----------------------------------------------
+
+    def segments(self, txn: lmdb.Transaction) -> dict[int, int]:
+        return {_SEGMENT_KEY.unpack(k)[0]: _U64.unpack(v)[0]
+                for k, v in txn.cursor(db=self.db["segments"])}
+
+    def put_segments(self, txn: lmdb.Transaction,
+                     lengths: dict[int, int]) -> None:
+        for number, length in lengths.items():
+            txn.put(_SEGMENT_KEY.pack(number), _U64.pack(length),
+                    db=self.db["segments"])
+
+    def counter(self, txn: lmdb.Transaction, name: str) -> int:
+        raw = txn.get(name.encode(), db=self.db["meta"])
+        return 0 if raw is None else _I64.unpack(raw)[0]
+
+    def add_counter(self, txn: lmdb.Transaction, name: str,
+                    delta: int) -> None:
+        if delta:
+            txn.put(name.encode(),
+                    _I64.pack(self.counter(txn, name) + delta),
+                    db=self.db["meta"])
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def _plural(level: str) -> str:
+    return {"instance": "instances", "series": "series",
+            "study": "studies", "patient": "patients"}[level]

@@ -1,0 +1,202 @@
+"""Preparing an instance for the committer, in the caller's thread.
+
+Everything about a store that does not touch the segments or the index
+transaction happens here, before the instance joins a group commit:
+parsing, splitting into blocks, digesting and compressing. hashlib and
+zstandard release the GIL, so several threads preparing at once use both
+cores, and the committer thread only appends and commits.
+
+A block already named in the index is not compressed again: a digest
+lookup in a read transaction is far cheaper than zstd. Blocks are never
+removed from the index (a block whose last reference went away keeps its
+entry with a count of zero until compaction), so "present" seen here is
+still true when the committer applies the instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import zstandard
+
+from pacsstore import parsing
+from pacsstore.errors import NotStorableError
+from pacsstore.store import blocks, layout
+from pacsstore.store.blocks import EncodedBlock, Kind
+from pacsstore.store.index import MAX_KEY_BYTES, Index, dumps
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+_META_SOP_CLASS = 0x00020002
+_META_SOP_INSTANCE = 0x00020003
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """An instance ready to commit: its record (without the index-only
+    fields) and the compressed blocks the index did not have."""
+
+    uid: str
+    record: dict[str, Any]
+    digests: list[bytes]            # header block first, then frames
+    raw_lengths: list[int]
+    kinds: list[Kind]
+    encoded: dict[bytes, EncodedBlock] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return self.record["size"]
+
+    @property
+    def pending_bytes(self) -> int:
+        return sum(b.total_length for b in self.encoded.values())
+
+
+class Preparer:
+    """Turns bytes into Prepared instances; one per Archive, thread-safe
+    (each thread gets its own zstd compressor)."""
+
+    def __init__(self, index: Index, compression_level: int) -> None:
+        self._index = index
+        self._level = compression_level
+        self._local = threading.local()
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = zstandard.ZstdCompressor(
+                level=self._level, write_content_size=True)
+            self._local.compressor = compressor
+        return compressor
+
+    def prepare(self, buffer: bytes | memoryview, *,
+                source_ae: str | None = None) -> Prepared:
+        header = parsing.read_header(buffer)
+        result, attributes = header.result, dict(header.attributes)
+        uid = _require_uid(result, attributes)
+        deflated = result.transfer_syntax == DEFLATED
+        parts = layout.split(buffer, result.pixel, deflated)
+        record = _record(buffer, result, attributes, parts, source_ae)
+        prepared = _blocks_of(uid, record, parts)
+        self._compress_missing(prepared, parts)
+        return prepared
+
+    def _compress_missing(self, prepared: Prepared,
+                          parts: layout.Split) -> None:
+        contents = [parts.header, *parts.blocks]
+        with self._index.read() as txn:
+            missing = [i for i, d in enumerate(prepared.digests)
+                       if self._index.block(txn, d) is None]
+        compressor = self._compressor()
+        for i in missing:
+            name = prepared.digests[i]
+            if name not in prepared.encoded:
+                prepared.encoded[name] = blocks.encode(
+                    prepared.kinds[i], contents[i], compressor=compressor,
+                    name=name)
+
+    def encode_manifest(self, record: dict[str, Any]) -> EncodedBlock:
+        return blocks.encode(Kind.MANIFEST, dumps(record),
+                             compressor=self._compressor())
+
+
+def _meta_text(result: Any, tag: int) -> str:
+    raw = result.meta.get(tag, b"")
+    return raw.rstrip(b"\x00 ").decode("ascii", "replace")
+
+
+def _require_uid(result: Any, attributes: dict[str, Any]) -> str:
+    """The UID to file the instance under: (0008,0018), or else the
+    Media Storage SOP Instance UID of the file meta, which names the same
+    instance in a Part 10 file (some toolkits write datasets without the
+    former; refusing what the file itself identifies would lose data)."""
+    if _meta_text(result, _META_SOP_CLASS) == MEDIA_STORAGE_DIRECTORY:
+        raise NotStorableError(
+            "a DICOMDIR (Media Storage Directory Storage) indexes a file "
+            "set and is not an instance; the archive stores the instances "
+            "it lists, not the directory")
+    uid = attributes.get("SOPInstanceUID")
+    if not (isinstance(uid, str) and uid):
+        uid = _meta_text(result, _META_SOP_INSTANCE)
+        if uid:
+            attributes["SOPInstanceUID"] = uid
+            log.warning("no SOP Instance UID (0008,0018) in the dataset; "
+                        "filing it under the file meta's (0002,0003) %s",
+                        uid)
+    if uid:
+        if len(uid.encode()) > MAX_KEY_BYTES:
+            raise NotStorableError(
+                f"SOP Instance UID (0008,0018) is {len(uid)} characters; "
+                f"a UID has at most 64")
+        return uid
+    raise NotStorableError(
+        "the dataset has no SOP Instance UID (0008,0018), nor a file meta "
+        "with (0002,0003), to store it under (a saved query or a "
+        "fragment of a dataset is not an instance)")
+
+
+def _text(attributes: dict[str, Any], keyword: str) -> str:
+    value = attributes.get(keyword)
+    if isinstance(value, (list, tuple)):
+        value = "\\".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if isinstance(value, (str, int, float)) or value is None:
+        return value
+    return str(value)
+
+
+def _record(buffer: bytes | memoryview, result: Any,
+            attributes: dict[str, Any], parts: layout.Split,
+            source_ae: str | None) -> dict[str, Any]:
+    view = memoryview(buffer)
+    pixel = result.pixel
+    for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID"):
+        if len(_text(attributes, keyword).encode()) > MAX_KEY_BYTES:
+            raise NotStorableError(
+                f"{keyword} is longer than {MAX_KEY_BYTES} bytes; it "
+                f"cannot be indexed")
+    return {
+        "v": 1,
+        "sop_instance_uid": _text(attributes, "SOPInstanceUID"),
+        "sop_class_uid": (_text(attributes, "SOPClassUID")
+                          or _meta_text(result, _META_SOP_CLASS)),
+        "transfer_syntax": result.transfer_syntax,
+        "patient": _text(attributes, "PatientID"),
+        "study": _text(attributes, "StudyInstanceUID"),
+        "series": _text(attributes, "SeriesInstanceUID"),
+        "size": len(view),
+        "sha256": hashlib.sha256(view).hexdigest(),
+        "dataset_sha256": hashlib.sha256(
+            view[result.dataset_offset:]).hexdigest(),
+        "layout": parts.layout,
+        "frames": parts.frame_count,
+        "frame_bits": parts.frame_bits,
+        "pixel_offset": None if pixel is None else pixel.element_offset,
+        "cuts": [list(c) for c in parts.cuts],
+        "source_ae": source_ae,
+        "attributes": {k: _jsonable(v) for k, v in attributes.items()},
+    }
+
+
+def _blocks_of(uid: str, record: dict[str, Any],
+               parts: layout.Split) -> Prepared:
+    contents = [parts.header, *parts.blocks]
+    kind = Kind.PIXELS if parts.layout == layout.BITPACKED else Kind.FRAME
+    kinds = [Kind.HEADER] + [kind] * len(parts.blocks)
+    digests = [blocks.digest(c) for c in contents]
+    record["header"] = digests[0].hex()
+    record["blocks"] = [d.hex() for d in digests[1:]]
+    return Prepared(uid, record, digests, [len(c) for c in contents], kinds)

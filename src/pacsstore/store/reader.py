@@ -1,0 +1,127 @@
+"""Reading instances back: the original bytes, whole or streamed.
+
+A read resolves the instance record once, in one read transaction, to
+the positions of its blocks, and then reads blocks with positional reads
+outside any transaction. Every block is checked (CRC32, then SHA-256 of
+the decompressed content against its name) before a byte of it is
+returned, so damage on disk surfaces as CorruptStoreError, never as
+wrong pixels.
+
+The stream holds the header block and one frame block at a time: a
+multi-gigabyte instance streams in the memory of its largest frame.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from typing import Any
+
+from pacsstore.errors import CorruptStoreError, NotFoundError
+from pacsstore.store import layout
+from pacsstore.store.index import BlockEntry, Index
+from pacsstore.store.segments import SegmentReader
+
+
+class InstanceReader:
+    """The blocks of one instance, located once."""
+
+    def __init__(self, index: Index, segments: SegmentReader,
+                 uid: str) -> None:
+        self._segments = segments
+        with index.read() as txn:
+            record = index.record(txn, "instance", uid)
+            if record is None:
+                raise NotFoundError(f"no instance with SOP Instance UID "
+                                    f"{uid} is stored")
+            names = [record["header"], *record["blocks"]]
+            self._entries = [self._entry(index, txn, n, uid)
+                             for n in names]
+        self.record = record
+        self._names = [bytes.fromhex(n) for n in names]
+        self.cuts = [layout.Cut(*c) for c in record["cuts"]]
+
+    @staticmethod
+    def _entry(index: Index, txn: Any, name: str, uid: str) -> BlockEntry:
+        entry = index.block(txn, bytes.fromhex(name))
+        if entry is None:
+            raise CorruptStoreError(
+                f"block {name} of instance {uid} is missing from the index")
+        return entry
+
+    def block(self, position: int) -> bytes:
+        """Content of block ``position``: 0 is the header block, 1.. the
+        frame blocks."""
+        entry = self._entries[position]
+        _, content = self._segments.read(entry.segment, entry.offset,
+                                         expect=self._names[position])
+        return content
+
+    def header(self) -> bytes:
+        return self.block(0)
+
+    def frame_block(self, index: int) -> bytes:
+        return self.block(index + 1)
+
+    def chunks(self) -> Iterator[memoryview]:
+        cached: dict[int, bytes] = {}
+
+        def frame(index: int) -> bytes:
+            # Consecutive cuts usually name the same block (the fragments
+            # of one frame): keep the last one only.
+            if index not in cached:
+                cached.clear()
+                cached[index] = self.frame_block(index)
+            return cached[index]
+
+        return layout.splice(self.header(), self.cuts, frame)
+
+    def read_all(self) -> bytes:
+        data = b"".join(self.chunks())
+        if len(data) != self.record["size"]:
+            raise CorruptStoreError(
+                f"instance {self.record['sop_instance_uid']} rebuilt to "
+                f"{len(data)} bytes; {self.record['size']} were stored")
+        return data
+
+
+class InstanceStream(io.RawIOBase):
+    """A read-only, non-seekable file over an instance's chunks."""
+
+    def __init__(self, reader: InstanceReader) -> None:
+        super().__init__()
+        self._chunks = reader.chunks()
+        self._current = memoryview(b"")
+        self._size = reader.record["size"]
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        while not self._current:
+            try:
+                self._current = next(self._chunks)
+            except StopIteration:
+                self._check_length()
+                return 0
+        count = min(len(target), len(self._current))
+        target[:count] = self._current[:count]
+        self._current = self._current[count:]
+        self._position += count
+        return count
+
+    def _check_length(self) -> None:
+        if self._position != self._size:
+            raise CorruptStoreError(
+                f"instance stream ended at {self._position} bytes; "
+                f"{self._size} were stored")
+
+    def tell(self) -> int:
+        return self._position
+
+
+def open_stream(reader: InstanceReader,
+                buffer_size: int = 1 << 20) -> io.BufferedReader:
+    return io.BufferedReader(InstanceStream(reader), buffer_size)

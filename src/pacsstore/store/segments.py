@@ -1,0 +1,279 @@
+"""Segments: append-only files of blocks.
+
+A segment is a 32-byte header (magic, format version, segment number)
+followed by blocks, written strictly at the end and never rewritten. Its
+committed length lives in the index: bytes past it were appended by a
+batch whose index transaction never committed (a crash between the
+segment fsync and the LMDB commit, or a failed batch), so they are garbage
+by definition, and the writer cuts them off when it opens the store. The
+same goes for a segment file the index has never heard of.
+
+Appends are staged in memory and written by ``flush``, which fdatasyncs
+every segment it touched (and the directory, when it created a file),
+because the caller acknowledges a store only after this returns and the
+index commit that follows it. A batch that fails rolls its segments back
+to their committed lengths, so a failure leaves nothing behind.
+
+A segment is sealed, and a new one started, when the next block would
+take it past ``max_size``; a block larger than that gets a segment of its
+own rather than being refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pacsstore.errors import (
+    CorruptStoreError,
+    NewerFormatError,
+    OutOfSpaceError,
+)
+from pacsstore.store import blocks
+from pacsstore.store.blocks import BlockHeader
+
+log = logging.getLogger(__name__)
+
+SEGMENT_MAGIC = b"PSSEG\x00\r\n"
+SEGMENT_FORMAT_VERSION = 1
+# magic, version, flags, segment number, creation time (ns), reserved,
+# crc32 of the preceding 28 bytes.
+_HEADER = struct.Struct("<8sHHIQI")
+_CRC = struct.Struct("<I")
+HEADER_SIZE = _HEADER.size + _CRC.size
+assert HEADER_SIZE == 32
+
+# About 1 GiB: large enough that a store of millions of instances keeps a
+# few thousand files, small enough that a sealed segment is a convenient
+# object to copy off site.
+DEFAULT_MAX_SIZE = 1 << 30
+
+
+def segment_path(directory: Path, number: int) -> Path:
+    return directory / f"{number:08d}.seg"
+
+
+def _segment_header(number: int) -> bytes:
+    head = _HEADER.pack(SEGMENT_MAGIC, SEGMENT_FORMAT_VERSION, 0, number,
+                        time.time_ns(), 0)
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def check_segment_header(raw: bytes, number: int, where: str) -> None:
+    """Validate a segment header: ours, not newer, undamaged, the right
+    number."""
+    blocks.check_magic(raw, SEGMENT_MAGIC, where)
+    if len(raw) < HEADER_SIZE:
+        raise CorruptStoreError(f"{where}: segment header is truncated")
+    _magic, version, _flags, found, _created, _res = _HEADER.unpack_from(raw)
+    if version > SEGMENT_FORMAT_VERSION:
+        raise NewerFormatError(
+            f"{where}: segment format version {version}; this pacsstore "
+            f"reads up to {SEGMENT_FORMAT_VERSION}")
+    (crc,) = _CRC.unpack_from(raw, _HEADER.size)
+    if crc != zlib.crc32(raw[:_HEADER.size]):
+        raise CorruptStoreError(f"{where}: segment header fails its CRC32")
+    if found != number:
+        raise CorruptStoreError(
+            f"{where}: segment header says number {found}, expected "
+            f"{number}")
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _raise_for_os_error(exc: OSError, what: str) -> None:
+    if exc.errno == 28:  # ENOSPC
+        raise OutOfSpaceError(
+            28, f"no space left on the disk while {what}; nothing of "
+                f"this batch was acknowledged") from exc
+    raise exc
+
+
+@dataclass
+class _Pending:
+    """Bytes staged for one segment in the current batch."""
+
+    start: int
+    chunks: list[bytes] = field(default_factory=list)
+    created: bool = False
+
+
+class SegmentWriter:
+    """Appends blocks to the open segment; one instance per store."""
+
+    def __init__(self, directory: Path, committed: dict[int, int], *,
+                 max_size: int = DEFAULT_MAX_SIZE) -> None:
+        self.directory = directory
+        self.max_size = max_size
+        self.committed = dict(committed)
+        self._pending: dict[int, _Pending] = {}
+        self._recover()
+        self._current = max(self.committed, default=0)
+        self._end = self.committed.get(self._current, 0)
+
+    def _recover(self) -> None:
+        """Cut uncommitted tails and drop segments the index never saw."""
+        for path in sorted(self.directory.glob("*.seg")):
+            number = int(path.stem)
+            if number not in self.committed:
+                log.warning("removing uncommitted segment %s", path)
+                path.unlink()
+                continue
+            size = path.stat().st_size
+            length = self.committed[number]
+            if size < length:
+                raise CorruptStoreError(
+                    f"{path}: {size} bytes on disk, but {length} were "
+                    f"committed")
+            if size > length:
+                log.warning("cutting %d uncommitted bytes off %s",
+                            size - length, path)
+                os.truncate(path, length)
+        missing = set(self.committed) - {
+            int(p.stem) for p in self.directory.glob("*.seg")}
+        if missing:
+            raise CorruptStoreError(
+                f"segments {sorted(missing)} are in the index but missing "
+                f"from {self.directory}")
+
+    def reserve(self, length: int) -> tuple[int, int]:
+        """Where a block of ``length`` bytes will go: (segment, offset)."""
+        used = self._end - HEADER_SIZE
+        if self._current == 0 or (
+                used > 0 and self._end + length > self.max_size):
+            self._start_segment()
+        position = (self._current, self._end)
+        self._end += length
+        return position
+
+    def append(self, segment: int, data: bytes) -> None:
+        """Stage bytes at the position ``reserve`` gave out."""
+        self._pending_for(segment).chunks.append(data)
+
+    def _pending_for(self, segment: int) -> _Pending:
+        if segment not in self._pending:
+            start = self.committed.get(segment, HEADER_SIZE)
+            self._pending[segment] = _Pending(start)
+        return self._pending[segment]
+
+    def _start_segment(self) -> None:
+        number = self._current + 1
+        path = segment_path(self.directory, number)
+        try:
+            with open(path, "xb") as handle:
+                handle.write(_segment_header(number))
+        except OSError as exc:
+            _raise_for_os_error(exc, f"creating {path}")
+        self._pending_for(number).created = True
+        self._current, self._end = number, HEADER_SIZE
+
+    @property
+    def has_pending(self) -> bool:
+        return any(p.chunks or p.created for p in self._pending.values())
+
+    def flush(self) -> dict[int, int]:
+        """Write and fdatasync the staged bytes; return the new lengths
+        to record in the index (the caller then calls ``committed_as``)."""
+        lengths: dict[int, int] = {}
+        created = False
+        for number, pending in sorted(self._pending.items()):
+            lengths[number] = self._write(number, pending)
+            created = created or pending.created
+        if created:
+            _fsync_directory(self.directory)
+        return lengths
+
+    def _write(self, number: int, pending: _Pending) -> int:
+        path = segment_path(self.directory, number)
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.lseek(fd, pending.start, os.SEEK_SET)
+                for chunk in pending.chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view):]
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            _raise_for_os_error(exc, f"appending to {path}")
+        return pending.start + sum(len(c) for c in pending.chunks)
+
+    def committed_as(self, lengths: dict[int, int]) -> None:
+        """The index transaction recording ``lengths`` has committed."""
+        self.committed.update(lengths)
+        self._pending.clear()
+
+    def rollback(self) -> None:
+        """Forget the batch and cut whatever it wrote off the disk."""
+        for number, pending in self._pending.items():
+            path = segment_path(self.directory, number)
+            if number not in self.committed:
+                path.unlink(missing_ok=True)
+            elif path.exists():
+                os.truncate(path, self.committed[number])
+        self._pending.clear()
+        self._current = max(self.committed, default=0)
+        self._end = self.committed.get(self._current, 0)
+
+
+class SegmentReader:
+    """Reads blocks from segments by (segment, offset); thread-safe
+    (positional reads on shared descriptors)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fds: dict[int, int] = {}
+
+    def _fd(self, number: int) -> int:
+        fd = self._fds.get(number)
+        if fd is not None:
+            return fd
+        path = segment_path(self.directory, number)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise CorruptStoreError(
+                f"segment {path} is in the index but missing") from None
+        check_segment_header(os.pread(fd, HEADER_SIZE, 0), number, str(path))
+        # Another thread may have raced us here; keep one descriptor.
+        kept = self._fds.setdefault(number, fd)
+        if kept != fd:
+            os.close(fd)
+        return kept
+
+    def read_header(self, number: int, offset: int) -> tuple[BlockHeader,
+                                                               bytes]:
+        raw = os.pread(self._fd(number), blocks.HEADER_SIZE, offset)
+        where = f"segment {number} offset {offset}"
+        return blocks.parse_header(raw, where), raw
+
+    def read(self, number: int, offset: int,
+             expect: bytes | None = None) -> tuple[BlockHeader, bytes]:
+        """The verified content of the block at (segment, offset)."""
+        header, raw = self.read_header(number, offset)
+        where = f"segment {number} offset {offset}"
+        if expect is not None and header.digest != expect:
+            raise CorruptStoreError(
+                f"block at {where} is {header.digest.hex()}, the index "
+                f"expected {expect.hex()}")
+        payload = os.pread(self._fd(number), header.stored_length,
+                           offset + blocks.HEADER_SIZE)
+        return header, blocks.decode(header, raw, payload, where)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()

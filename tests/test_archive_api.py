@@ -1,0 +1,231 @@
+"""The Archive API: storing the three kinds of input, reading back in the
+four ways, find, stats, and the errors of each call."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import generate_frames
+
+from pacsstore import (
+    Archive,
+    NotAStoreError,
+    NotFoundError,
+    NotStorableError,
+    QueryError,
+    StoreConfigError,
+)
+from pacsstore.errors import MalformedDicomError
+from test_store_support import (
+    BITPACKED_SEG,
+    CT_SMALL,
+    DEFLATED,
+    DICOMDIR,
+    EMRI_10_FRAMES,
+    JPEG_FRAGMENTED,
+    MR_SMALL,
+    RLE_2_FRAMES,
+    corpus_bytes,
+    corpus_path,
+)
+
+
+@pytest.fixture
+def archive(tmp_path):
+    with Archive(tmp_path / "store") as opened:
+        yield opened
+
+
+def test_archive_store_bytes_path_and_dataset(archive):
+    data = corpus_bytes(CT_SMALL)
+    from_bytes = archive.store(data)
+    assert from_bytes.status == "stored"
+    assert from_bytes.size == len(data)
+    assert from_bytes.frames == 1
+    assert archive.store(corpus_path(CT_SMALL)).status == "duplicate"
+    ds = pydicom.dcmread(corpus_path(MR_SMALL))
+    from_dataset = archive.store(ds)
+    assert from_dataset.sop_instance_uid == ds.SOPInstanceUID
+    assert from_dataset.patient_id == ds.PatientID
+    assert archive.dataset(ds.SOPInstanceUID).PatientName == ds.PatientName
+
+
+def test_archive_get_open_and_dataset_agree(archive):
+    data = corpus_bytes(EMRI_10_FRAMES)
+    uid = archive.store(data).sop_instance_uid
+    assert archive.get(uid) == data
+    with archive.open(uid) as stream:
+        pieces = [stream.read(1000) for _ in range(len(data) // 1000 + 2)]
+    assert b"".join(pieces) == data
+    ds = archive.dataset(uid)
+    assert ds.SOPInstanceUID == uid
+    assert ds.NumberOfFrames == 10
+
+
+def test_archive_contains_and_not_found(archive):
+    uid = archive.store(corpus_bytes(CT_SMALL)).sop_instance_uid
+    assert uid in archive
+    assert "1.2.3.4.5" not in archive
+    with pytest.raises(NotFoundError, match="1.2.3.4.5"):
+        archive.get("1.2.3.4.5")
+    with pytest.raises(NotFoundError):
+        archive.frame(uid, 1)
+
+
+def test_archive_native_frames_are_the_pixel_slices(archive):
+    data = corpus_bytes(EMRI_10_FRAMES)
+    uid = archive.store(data).sop_instance_uid
+    ds = pydicom.dcmread(io.BytesIO(data))
+    size = ds.Rows * ds.Columns * ds.BitsAllocated // 8
+    for index in range(10):
+        expected = ds.PixelData[index * size:(index + 1) * size]
+        assert archive.frame(uid, index) == expected
+    decoded = archive.frame(uid, 3, decode=True)
+    np.testing.assert_array_equal(decoded, ds.pixel_array[3])
+
+
+@pytest.mark.parametrize("relpath", [RLE_2_FRAMES, JPEG_FRAGMENTED])
+def test_archive_encapsulated_frames_join_their_fragments(archive, relpath):
+    data = corpus_bytes(relpath)
+    uid = archive.store(data).sop_instance_uid
+    ds = pydicom.dcmread(io.BytesIO(data))
+    expected = list(generate_frames(ds.PixelData,
+                                    number_of_frames=ds.NumberOfFrames))
+    assert [archive.frame(uid, i) for i in range(len(expected))] == expected
+    np.testing.assert_array_equal(archive.frame(uid, 1, decode=True),
+                                  ds.pixel_array[1])
+
+
+def test_archive_bitpacked_frames_decode_like_pydicom(archive):
+    data = corpus_bytes(BITPACKED_SEG)
+    result = archive.store(data)
+    assert archive.record(result.sop_instance_uid)["layout"] == "bitpacked"
+    ds = pydicom.dcmread(io.BytesIO(data))
+    for index in range(ds.NumberOfFrames):
+        np.testing.assert_array_equal(
+            archive.frame(result.sop_instance_uid, index, decode=True),
+            ds.pixel_array[index])
+    assert archive.get(result.sop_instance_uid) == data
+
+
+def test_archive_deflated_instance_is_one_block_and_frames_inflate(archive):
+    data = corpus_bytes(DEFLATED)
+    uid = archive.store(data).sop_instance_uid
+    record = archive.record(uid)
+    assert record["layout"] == "whole" and record["blocks"] == []
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert archive.frame(uid, 0) == ds.PixelData
+    np.testing.assert_array_equal(archive.frame(uid, 0, decode=True),
+                                  ds.pixel_array)
+
+
+def test_archive_refuses_dicomdir_and_garbage(archive):
+    with pytest.raises(NotStorableError, match="DICOMDIR"):
+        archive.store(corpus_path(DICOMDIR))
+    # Not DICOM at all: refused as malformed or as having no UID, either
+    # way an input error the caller can catch as ValueError.
+    with pytest.raises((MalformedDicomError, NotStorableError)):
+        archive.store(b"hello world" * 10)
+    with pytest.raises(NotStorableError, match="cannot read"):
+        archive.store(corpus_path(CT_SMALL).parent / "no-such-file.dcm")
+    assert archive.stats().instances == 0
+    assert archive.stats().stored_bytes == 0
+
+
+def test_archive_find_levels_and_wildcards(archive):
+    for relpath in (CT_SMALL, MR_SMALL, EMRI_10_FRAMES):
+        archive.store(corpus_path(relpath))
+    ct = pydicom.dcmread(corpus_path(CT_SMALL), stop_before_pixels=True)
+    studies = archive.find("study", StudyInstanceUID=ct.StudyInstanceUID)
+    assert len(studies) == 1
+    assert studies[0]["PatientID"] == ct.PatientID
+    assert studies[0]["ModalitiesInStudy"] == ["CT"]
+    assert studies[0]["NumberOfStudyRelatedInstances"] == 1
+    series = archive.find("series", Modality="MR")
+    assert {s["Modality"] for s in series} == {"MR"}
+    assert len(series) == 2
+    prefix = ct.PatientID[:2] + "*"
+    patients = archive.find("patient", PatientID=prefix)
+    assert ct.PatientID in {p["PatientID"] for p in patients}
+    instances = archive.find("instance", Modality="CT")
+    assert [i["SOPInstanceUID"] for i in instances] == [ct.SOPInstanceUID]
+    assert archive.find("instance", SOPInstanceUID="9.9.9") == []
+    assert len(archive.find("instance")) == 3
+
+
+def test_archive_find_rejects_unknown_level_and_keyword(archive):
+    with pytest.raises(QueryError, match="level"):
+        archive.find("image")
+    with pytest.raises(QueryError, match="NotAKeyword"):
+        archive.find("study", NotAKeyword="x")
+
+
+def test_archive_stats_count_what_was_stored(archive):
+    sizes = 0
+    for relpath in (CT_SMALL, MR_SMALL):
+        sizes += archive.store(corpus_path(relpath)).size
+    stats = archive.stats()
+    assert (stats.patients, stats.studies, stats.series,
+            stats.instances) == (2, 2, 2, 2)
+    assert stats.logical_bytes == sizes
+    assert stats.blocks == 4  # a header block and one frame each
+    assert stats.segments == 1
+    segment = next((archive.path / "segments").glob("*.seg"))
+    assert stats.stored_bytes == segment.stat().st_size
+
+
+def test_archive_refuses_a_directory_that_is_not_a_store(tmp_path):
+    (tmp_path / "other.txt").write_text("not a store")
+    with pytest.raises(NotAStoreError):
+        Archive(tmp_path)
+    with pytest.raises(NotAStoreError):
+        Archive(tmp_path / "absent", readonly=True)
+
+
+def test_archive_rejects_an_unknown_policy(tmp_path):
+    with pytest.raises(StoreConfigError, match="on_conflict"):
+        Archive(tmp_path / "store", on_conflict="overwrite")
+
+
+def test_archive_readonly_refuses_to_store(tmp_path):
+    with Archive(tmp_path / "store") as writer:
+        uid = writer.store(corpus_path(CT_SMALL)).sop_instance_uid
+    with Archive(tmp_path / "store", readonly=True) as reader:
+        assert hashlib.sha256(reader.get(uid)).digest() == hashlib.sha256(
+            corpus_bytes(CT_SMALL)).digest()
+        with pytest.raises(StoreConfigError, match="read-only"):
+            reader.store(corpus_bytes(MR_SMALL))
+
+
+def test_archive_index_map_grows_when_full(tmp_path):
+    with Archive(tmp_path / "s", map_size=32 << 10) as archive:
+        for relpath in (CT_SMALL, MR_SMALL, EMRI_10_FRAMES, RLE_2_FRAMES,
+                        JPEG_FRAGMENTED):
+            archive.store(corpus_path(relpath))
+        assert archive._index.env.info()["map_size"] > 32 << 10
+        assert archive.stats().instances == 5
+
+
+def test_archive_full_map_is_out_of_space_and_names_the_setting(tmp_path):
+    from pacsstore import OutOfSpaceError
+    ds = pydicom.dcmread(corpus_path(CT_SMALL))
+    acknowledged = []
+    with Archive(tmp_path / "s", map_size=128 << 10,
+                 max_map_size=128 << 10) as archive:
+        with pytest.raises(OutOfSpaceError, match="max_map_size"):
+            for n in range(1, 2000):
+                ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.9.{n}"
+                archive.store(ds)
+                acknowledged.append(ds.SOPInstanceUID)
+        assert acknowledged
+        stats = archive.stats()
+        assert stats.instances == len(acknowledged)
+        sizes = sum(p.stat().st_size
+                    for p in (archive.path / "segments").glob("*.seg"))
+        assert stats.stored_bytes == sizes  # the failed batch left nothing
+        for uid in acknowledged:
+            assert archive.dataset(uid).SOPInstanceUID == uid

@@ -1,0 +1,117 @@
+"""Blocks and segments: the on-disk units, their checks and recovery."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import zstandard
+
+from pacsstore import CorruptStoreError, NewerFormatError, NotAStoreError
+from pacsstore.store import blocks, segments
+from pacsstore.store.blocks import Codec, Kind
+from pacsstore.store.segments import SegmentReader, SegmentWriter
+from test_store_support import EMRI_10_FRAMES, corpus_bytes
+
+COMPRESSOR = zstandard.ZstdCompressor(level=3)
+
+
+def _write(directory, committed, contents, max_size=1 << 20):
+    writer = SegmentWriter(directory, committed, max_size=max_size)
+    placed = []
+    for content in contents:
+        block = blocks.encode(Kind.FRAME, content, compressor=COMPRESSOR)
+        segment, offset = writer.reserve(block.total_length)
+        writer.append(segment, block.header)
+        writer.append(segment, block.payload)
+        placed.append((segment, offset, block.digest))
+    lengths = writer.flush()
+    writer.committed_as(lengths)
+    return writer, placed
+
+
+def test_block_compresses_real_pixels_and_reads_back(tmp_path):
+    pixels = corpus_bytes(EMRI_10_FRAMES)[-8192:]
+    writer, placed = _write(tmp_path, {}, [pixels])
+    header, content = SegmentReader(tmp_path).read(*placed[0][:2])
+    assert content == pixels
+    assert header.codec is Codec.ZSTD
+    assert header.stored_length < len(pixels)
+    assert header.digest == blocks.digest(pixels)
+
+
+def test_block_keeps_incompressible_payload_raw():
+    noise = os.urandom(4096)
+    block = blocks.encode(Kind.FRAME, noise, compressor=COMPRESSOR)
+    assert block.codec is Codec.RAW and block.payload == noise
+
+
+def test_block_flipped_bit_fails_crc(tmp_path):
+    _, placed = _write(tmp_path, {}, [b"frame" * 100])
+    path = segments.segment_path(tmp_path, 1)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 1
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptStoreError, match="CRC32"):
+        SegmentReader(tmp_path).read(*placed[0][:2])
+
+
+def test_block_wrong_name_is_refused(tmp_path):
+    _, placed = _write(tmp_path, {}, [b"a" * 100])
+    with pytest.raises(CorruptStoreError, match="expected"):
+        SegmentReader(tmp_path).read(1, placed[0][1], expect=b"\0" * 32)
+
+
+def test_block_newer_version_and_foreign_magic():
+    block = blocks.encode(Kind.FRAME, b"x" * 64, compressor=COMPRESSOR)
+    newer = block.header[:4] + b"\x09" + block.header[5:]
+    with pytest.raises(NewerFormatError):
+        blocks.parse_header(newer, "test")
+    with pytest.raises(CorruptStoreError, match="magic"):
+        blocks.parse_header(b"JUNK" + block.header[4:], "test")
+
+
+def test_segment_foreign_file_is_not_a_store(tmp_path):
+    (tmp_path / "00000001.seg").write_bytes(b"\x00" * 64)
+    with pytest.raises(NotAStoreError):
+        SegmentReader(tmp_path).read(1, 32)
+
+
+def test_segment_rotates_at_max_size(tmp_path):
+    contents = [os.urandom(3000) for _ in range(5)]
+    writer, placed = _write(tmp_path, {}, contents, max_size=8000)
+    assert {segment for segment, _, _ in placed} == {1, 2, 3}
+    reader = SegmentReader(tmp_path)
+    for (segment, offset, _), content in zip(placed, contents):
+        assert reader.read(segment, offset)[1] == content
+
+
+def test_segment_writer_cuts_uncommitted_tail_on_open(tmp_path):
+    writer, _ = _write(tmp_path, {}, [b"kept" * 50])
+    committed = dict(writer.committed)
+    path = segments.segment_path(tmp_path, 1)
+    with open(path, "ab") as handle:
+        handle.write(b"torn half of a block")
+    segments.segment_path(tmp_path, 2).write_bytes(b"uncommitted")
+    SegmentWriter(tmp_path, committed)
+    assert path.stat().st_size == committed[1]
+    assert not segments.segment_path(tmp_path, 2).exists()
+
+
+def test_segment_rollback_leaves_nothing_behind(tmp_path):
+    writer, _ = _write(tmp_path, {}, [b"kept" * 50])
+    size = segments.segment_path(tmp_path, 1).stat().st_size
+    block = blocks.encode(Kind.FRAME, b"lost" * 50, compressor=COMPRESSOR)
+    segment, _ = writer.reserve(block.total_length)
+    writer.append(segment, block.header + block.payload)
+    writer.flush()
+    writer.rollback()
+    assert segments.segment_path(tmp_path, 1).stat().st_size == size
+
+
+def test_segment_missing_committed_bytes_is_corruption(tmp_path):
+    writer, _ = _write(tmp_path, {}, [b"kept" * 50])
+    committed = dict(writer.committed)
+    os.truncate(segments.segment_path(tmp_path, 1), 40)
+    with pytest.raises(CorruptStoreError, match="committed"):
+        SegmentWriter(tmp_path, committed)

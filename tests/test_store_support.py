@@ -1,0 +1,37 @@
+"""Named corpus files that the store tests use, with a skip when absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corpus import CORPUS_ROOT
+
+CT_SMALL = "pydicom/test_files/CT_small.dcm"
+MR_SMALL = "pydicom/test_files/MR_small.dcm"
+EMRI_10_FRAMES = "pydicom-data/emri_small.dcm"
+RLE_2_FRAMES = "pydicom/test_files/SC_rgb_rle_2frame.dcm"
+JPEG_FRAGMENTED = ("dicomParser/testImages/encapsulated/multi-frame/"
+                   "CT0012.fragmented_no_bot_jpeg_baseline.51.dcm")
+BITPACKED_SEG = "dcmqi/segmentations/23x38x3/seg/label.seg"
+CT_TS = "cornerstone3D/examplesOld/test-images/CTImage.dcm_"
+# The same CT image (one SOP Instance UID) in two transfer syntaxes.
+SAME_UID_EXPLICIT = CT_TS + ("LittleEndianExplicitTransferSyntax_"
+                             "1.2.840.10008.1.2.1.dcm")
+SAME_UID_IMPLICIT = CT_TS + ("LittleEndianImplicitTransferSyntax_"
+                             "1.2.840.10008.1.2.dcm")
+DEFLATED = CT_TS + ("DeflatedExplicitVRLittleEndianTransferSyntax_"
+                    "1.2.840.10008.1.2.1.99.dcm")
+DICOMDIR = "pydicom/test_files/dicomdirtests/DICOMDIR"
+
+
+def corpus_path(relpath: str) -> Path:
+    path = CORPUS_ROOT / relpath
+    if not path.is_file():
+        pytest.skip(f"corpus file {relpath} is absent")
+    return path
+
+
+def corpus_bytes(relpath: str) -> bytes:
+    return corpus_path(relpath).read_bytes()
