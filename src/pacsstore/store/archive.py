@@ -172,6 +172,10 @@ class Archive:
             committed = self._index.segments(txn)
         writer = SegmentWriter(self.path / "segments", committed,
                                max_size=segment_size)
+        if writer.needs_first_segment:
+            lengths = writer.start_first_segment()
+            self._index.write(
+                lambda txn: self._index.put_segments(txn, lengths))
         self._committer = Committer(self._index, writer, self._preparer,
                                     self.on_conflict)
 

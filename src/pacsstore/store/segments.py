@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import struct
 import time
 import zlib
@@ -123,11 +124,20 @@ class SegmentWriter:
         self._end = self.committed.get(self._current, 0)
 
     def _recover(self) -> None:
-        """Cut uncommitted tails and drop segments the index never saw."""
-        for path in sorted(self.directory.glob("*.seg")):
-            number = int(path.stem)
+        """Set aside what no commit covers: uncommitted tails and the
+        segments a crashed batch started.
+
+        Those bytes were never acknowledged, so the store does not need
+        them; but they are moved to ``recovered/`` beside the segments
+        rather than deleted, because the same picture arises when the
+        index is older than the segments (restored from a backup), and
+        then they hold acknowledged data that a rebuild of the index
+        from the segments can still find."""
+        on_disk = {int(p.stem): p for p in self.directory.glob("*.seg")}
+        self._check_unknown_segments(on_disk)
+        for number, path in sorted(on_disk.items()):
             if number not in self.committed:
-                log.warning("removing uncommitted segment %s", path)
+                self._set_aside(path, 0)
                 path.unlink()
                 continue
             size = path.stat().st_size
@@ -137,15 +147,56 @@ class SegmentWriter:
                     f"{path}: {size} bytes on disk, but {length} were "
                     f"committed")
             if size > length:
-                log.warning("cutting %d uncommitted bytes off %s",
-                            size - length, path)
+                self._set_aside(path, length)
                 os.truncate(path, length)
-        missing = set(self.committed) - {
-            int(p.stem) for p in self.directory.glob("*.seg")}
+        missing = set(self.committed) - set(on_disk)
         if missing:
             raise CorruptStoreError(
                 f"segments {sorted(missing)} are in the index but missing "
                 f"from {self.directory}")
+
+    def _set_aside(self, path: Path, start: int) -> None:
+        """Copy the bytes of ``path`` from ``start`` on into recovered/
+        and make the copy durable before the caller cuts them off."""
+        aside = self.directory.parent / "recovered"
+        aside.mkdir(exist_ok=True)
+        target = aside / f"{path.stem}.{start}.{time.time_ns()}.seg-tail"
+        log.warning("setting %d uncommitted bytes of %s aside in %s",
+                    path.stat().st_size - start, path, target)
+        with open(path, "rb") as source, open(target, "xb") as copy:
+            source.seek(start)
+            shutil.copyfileobj(source, copy)
+            copy.flush()
+            os.fsync(copy.fileno())
+        _fsync_directory(aside)
+
+    def _check_unknown_segments(self, on_disk: dict[int, Path]) -> None:
+        """A store is registered with its first segment before any block
+        is written (``start_first_segment``), so an index that knows no
+        segment while segments hold blocks is not the index of these
+        segments (lost, or replaced): refuse and change nothing."""
+        unknown = sorted(n for n in on_disk if n not in self.committed)
+        if self.committed or not unknown:
+            return
+        if any(on_disk[n].stat().st_size > HEADER_SIZE for n in unknown):
+            raise CorruptStoreError(
+                f"{self.directory} holds segments {unknown} but the index "
+                f"knows none; the index does not belong to these segments "
+                f"and nothing was changed (the index must be rebuilt from "
+                f"the segments)")
+
+    @property
+    def needs_first_segment(self) -> bool:
+        return not self.committed
+
+    def start_first_segment(self) -> dict[int, int]:
+        """Create segment 1 of a new store and make it durable; the
+        caller records the returned length in the index before any
+        batch runs, so that an unknown segment always means a crash."""
+        self._start_segment()
+        lengths = self.flush()
+        self.committed_as(lengths)
+        return lengths
 
     def reserve(self, length: int) -> tuple[int, int]:
         """Where a block of ``length`` bytes will go: (segment, offset)."""
