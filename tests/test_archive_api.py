@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
+import time
 
 import numpy as np
 import pydicom
@@ -13,6 +15,7 @@ from pydicom.encaps import generate_frames
 
 from pacsstore import (
     Archive,
+    ArchiveClosedError,
     NotAStoreError,
     NotFoundError,
     NotStorableError,
@@ -32,6 +35,8 @@ from test_store_support import (
     corpus_bytes,
     corpus_path,
 )
+
+RT_PLAN = "pydicom/test_files/rtplan.dcm"
 
 
 @pytest.fixture
@@ -230,3 +235,96 @@ def test_archive_full_map_is_out_of_space_and_names_the_setting(tmp_path):
         assert stats.stored_bytes == sizes  # the failed batch left nothing
         for uid in acknowledged:
             assert archive.dataset(uid).SOPInstanceUID == uid
+
+
+def test_archive_memoryview_of_wider_items_is_stored_byte_exact(archive):
+    # A memoryview counts items, not bytes: cast("H") halves len().
+    data = corpus_bytes(EMRI_10_FRAMES)
+    result = archive.store(memoryview(data).cast("H"))
+    assert result.size == len(data)
+    assert archive.get(result.sop_instance_uid) == data
+    # Without pixel data the whole file is one block, and its recorded
+    # size decides whether it reads back at all.
+    plan = corpus_bytes(RT_PLAN)
+    assert len(plan) % 4 == 0
+    result = archive.store(memoryview(np.frombuffer(plan, np.uint32)))
+    assert result.size == len(plan)
+    assert archive.get(result.sop_instance_uid) == plan
+
+
+def test_archive_non_contiguous_memoryview_is_not_storable(archive):
+    with pytest.raises(NotStorableError, match="contiguous"):
+        archive.store(memoryview(corpus_bytes(CT_SMALL))[::2])
+
+
+def test_archive_truncated_bitpacked_value_is_kept_like_pydicom(archive):
+    # pydicom reads a file cut inside its 1-bit pixel data; so must the
+    # archive, with the frames that are complete.
+    data = corpus_bytes(BITPACKED_SEG)[:-5]
+    result = archive.store(data)
+    assert archive.get(result.sop_instance_uid) == data
+    ds = pydicom.dcmread(io.BytesIO(data))
+    frame_bits = ds.Rows * ds.Columns
+    assert result.frames == len(ds.PixelData) * 8 // frame_bits
+    assert result.frames < ds.NumberOfFrames
+    np.testing.assert_array_equal(
+        archive.frame(result.sop_instance_uid, 0, decode=True),
+        pydicom.dcmread(corpus_path(BITPACKED_SEG)).pixel_array[0])
+
+
+def test_archive_calls_after_close_raise_archive_closed(tmp_path):
+    archive = Archive(tmp_path / "s")
+    uid = archive.store(corpus_bytes(CT_SMALL)).sop_instance_uid
+    stream = archive.open(uid)
+    archive.close()
+    calls = [lambda: archive.get(uid), lambda: archive.frame(uid, 0),
+             archive.stats, lambda: archive.find("study"),
+             lambda: archive.record(uid), lambda: uid in archive,
+             lambda: archive.store(corpus_bytes(MR_SMALL)),
+             lambda: archive.store_many([corpus_bytes(MR_SMALL)]),
+             stream.read]
+    for call in calls:
+        with pytest.raises(ArchiveClosedError, match="is closed"):
+            call()
+    archive.close()  # twice is harmless
+    with Archive(tmp_path / "s", readonly=True) as reopened:
+        assert reopened.stats().instances == 1
+
+
+def test_archive_close_racing_stores_fails_them_with_archive_closed(
+        tmp_path):
+    ds = pydicom.dcmread(corpus_path(MR_SMALL))
+    items = []
+    for n in range(160):
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.31.{n}"
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        items.append(out.getvalue())
+    archive = Archive(tmp_path / "s")
+    acknowledged, failures = [], []
+    started = threading.Barrier(9)
+
+    def store(chunk):
+        started.wait()
+        for data in chunk:
+            try:
+                acknowledged.append(archive.store(data).sop_instance_uid)
+            except Exception as exc:  # noqa: BLE001 - collected
+                failures.append(exc)
+
+    threads = [threading.Thread(target=store, args=(items[k::8],))
+               for k in range(8)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    time.sleep(0.05)
+    archive.close()
+    for thread in threads:
+        thread.join()
+    assert failures, "close() came too late to race any store"
+    assert all(isinstance(exc, ArchiveClosedError) for exc in failures), \
+        {type(exc).__name__ + ": " + str(exc) for exc in failures}
+    with Archive(tmp_path / "s") as reopened:
+        assert all(uid in reopened for uid in acknowledged)
+        assert reopened.stats().instances == len(acknowledged)

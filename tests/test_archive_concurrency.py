@@ -18,9 +18,10 @@ from pydicom.filewriter import write_dataset
 from pacsstore import (
     Archive,
     CorruptStoreError,
-    NotStorableError,
+    MalformedDicomError,
     StoreLockedError,
 )
+from pacsstore.errors import DatasetMismatchError
 from test_store_support import CT_SMALL, MR_SMALL, corpus_bytes
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -64,10 +65,30 @@ def test_store_received_keeps_the_dataset_bytes(tmp_path):
 def test_store_received_refuses_a_uid_mismatch(tmp_path):
     body, syntax, sop_class, uid = _bare_dataset(corpus_bytes(CT_SMALL))
     with Archive(tmp_path / "s") as archive:
-        with pytest.raises(NotStorableError, match="sent as 1.2.3.4"):
+        with pytest.raises(DatasetMismatchError, match="names 1.2.3.4"):
             archive.store_received(body, syntax, sop_class_uid=sop_class,
                                    sop_instance_uid="1.2.3.4")
+        with pytest.raises(DatasetMismatchError, match="names 1.2.3"):
+            archive.store_received(body, syntax, sop_class_uid="1.2.3",
+                                   sop_instance_uid=uid)
         assert archive.stats().instances == 0
+
+
+@pytest.mark.parametrize("cut", [1, 2, 7, 100])
+def test_store_received_refuses_a_dataset_cut_short(tmp_path, cut):
+    """A file cut short on disk is kept as it is, but a dataset that
+    arrives whole over the network and still ends inside an element was
+    sent broken: it is refused, naming where it ends."""
+    body, syntax, sop_class, uid = _bare_dataset(corpus_bytes(CT_SMALL))
+    with Archive(tmp_path / "s") as archive:
+        with pytest.raises(MalformedDicomError, match="ends inside"):
+            archive.store_received(body[:-cut], syntax,
+                                   sop_class_uid=sop_class,
+                                   sop_instance_uid=uid)
+        assert uid not in archive
+        assert archive.store_received(
+            body, syntax, sop_class_uid=sop_class,
+            sop_instance_uid=uid).status == "stored"
 
 
 def test_store_received_from_threads_shares_group_commits(tmp_path):

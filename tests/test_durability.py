@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -80,3 +81,81 @@ def test_durability_sigkill_after_store_many_loses_nothing(tmp_path):
         sizes = sum(p.stat().st_size
                     for p in (store / "segments").glob("*.seg"))
         assert stats.stored_bytes == sizes
+
+
+WRITER = textwrap.dedent("""
+    import hashlib, io, sys, threading
+    import pydicom
+    from pacsstore import Archive
+    store, source, run = sys.argv[1], sys.argv[2], sys.argv[3]
+    ds = pydicom.dcmread(source)
+    lock = threading.Lock()
+
+    def variant(n):
+        with lock:
+            ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.78.{run}.{n}"
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.PixelData = bytes([n % 251]) * len(ds.PixelData)
+            out = io.BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+            return out.getvalue()
+
+    archive = Archive(store)
+    print("OPEN", flush=True)
+
+    def work(first):
+        # Four threads share group commits; a line is printed only once
+        # store() has returned, so every line is an acknowledgement.
+        for n in range(first, 1 << 30, 4):
+            data = variant(n)
+            result = archive.store(data)
+            digest = hashlib.sha256(data).hexdigest()
+            sys.stdout.write(f"{result.sop_instance_uid} {digest}\\n")
+            sys.stdout.flush()
+
+    for first in range(4):
+        threading.Thread(target=work, args=(first,), daemon=True).start()
+    threading.Event().wait()
+""")
+
+
+@pytest.mark.skipif(not corpus_available(), reason="no corpus")
+def test_durability_repeated_sigkill_mid_batch_keeps_every_ack(tmp_path):
+    """Kill the writer at random moments, reopening the store each time:
+    every acknowledged instance survives whole, the store reopens after
+    each kill and its counters match its blocks. PACSSTORE_KILLS sets
+    the number of kills (5 by default; 20 or more for a longer run)."""
+    kills = int(os.environ.get("PACSSTORE_KILLS", "5"))
+    source = _files(1)[0]
+    store = tmp_path / "store"
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    delays = random.Random(20240611)
+    acknowledged: dict[str, str] = {}
+    for run in range(kills):
+        child = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(store), str(source),
+             str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env)
+        assert child.stdout.readline().strip() == b"OPEN", \
+            child.communicate()[1].decode()
+        time.sleep(delays.uniform(0.0, 0.3))
+        child.send_signal(signal.SIGKILL)
+        out, _ = child.communicate()
+        # The last line may be cut by the kill: only whole lines count.
+        for line in out.decode().split("\n")[:-1]:
+            uid, digest = line.split()
+            acknowledged[uid] = digest
+    assert acknowledged
+    with Archive(store) as archive:
+        for uid, digest in acknowledged.items():
+            assert hashlib.sha256(archive.get(uid)).hexdigest() == digest
+        stats = archive.stats()
+        assert stats.instances >= len(acknowledged)
+        sizes = sum(p.stat().st_size
+                    for p in (store / "segments").glob("*.seg"))
+        assert stats.stored_bytes == sizes
+        assert stats.logical_bytes == sum(
+            answer["size"] for answer in (
+                archive.record(found["SOPInstanceUID"])
+                for found in archive.find("instance")))
+        archive.store(source)  # and it goes on

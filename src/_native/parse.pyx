@@ -34,6 +34,7 @@ from cpython.buffer cimport (PyBUF_SIMPLE, PyBuffer_Release,
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint16_t, uint32_t
+from cpython.pyport cimport PY_SSIZE_T_MAX
 from libc.string cimport memcmp, memset
 
 import logging
@@ -47,6 +48,14 @@ IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 EXPLICIT_VR_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1.99"
+
+# The largest inflated dataset parse accepts. The inflated copy is held
+# in memory for the walk, by every thread that stores one at a time, and
+# a deflate stream expands up to about 1000 times: without a bound a
+# small hostile file takes all the memory there is. Real deflated
+# datasets (reports, presentation states, the odd small image) inflate
+# to a few megabytes; 1 GiB leaves honest writers far inside the bound.
+MAX_INFLATED_SIZE = 1 << 30
 
 # Sequences nest a few levels in real data (structured reports reach 6);
 # 64 leaves room for any honest writer while keeping the recursion of the
@@ -550,7 +559,9 @@ cdef class PixelLayout:
     cdef public long long value_length
     cdef public bint encapsulated, truncated
     cdef public Py_ssize_t frame_count, frames_announced
-    cdef public long long frame_bits, frame_size
+    # Rows x Columns x SamplesPerPixel x BitsAllocated, four US values:
+    # up to 65535**4, which needs all 64 bits of an unsigned integer.
+    cdef public unsigned long long frame_bits, frame_size
     cdef public object basic_offset_table, extended_offset_table
     cdef public object extended_lengths, fragment_offsets, fragment_lengths
     cdef public object frame_first_fragment, frame_fragment_count
@@ -682,11 +693,21 @@ def _inflate(data, offset: int) -> bytes:
         return b""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        inflated = inflater.decompress(data) + inflater.flush()
+        # Output is bounded before it is allocated: deflate reaches about
+        # 1000:1, so a few megabytes could otherwise claim gigabytes.
+        inflated = inflater.decompress(data, MAX_INFLATED_SIZE + 1)
+        if len(inflated) <= MAX_INFLATED_SIZE:
+            tail = inflater.flush()
+            inflated = inflated + tail if tail else inflated
     except zlib.error as error:
         raise MalformedDicomError(
             f"deflated dataset does not inflate ({error})",
             offset=offset) from None
+    if len(inflated) > MAX_INFLATED_SIZE:
+        raise MalformedDicomError(
+            f"deflated dataset inflates past {MAX_INFLATED_SIZE} bytes, "
+            f"the most pacsstore inflates (MAX_INFLATED_SIZE)",
+            offset=offset)
     if not inflater.eof:
         raise MalformedDicomError(
             "deflated dataset ends before its deflate stream does",
@@ -867,7 +888,11 @@ cdef PixelLayout pixel_layout(Walk* w, dict attributes, dict raw_tables):
     layout.encapsulated = w.pixel_length < 0
     layout.truncated = w.pixel_truncated
     frames = int_or_none(attributes.get("NumberOfFrames"))
-    layout.frames_announced = (frames if frames is not None and frames > 0
+    # An IS may spell any integer ("1e300" is one); no buffer holds more
+    # frames than PY_SSIZE_T_MAX, so larger counts compare the same
+    # clamped to it.
+    layout.frames_announced = (min(frames, PY_SSIZE_T_MAX)
+                               if frames is not None and frames > 0
                                else 1)
     if layout.encapsulated:
         encapsulated_layout(w, layout, raw_tables)

@@ -7,6 +7,7 @@ The embedded API is :class:`Archive`; the DICOM node lives in
 import logging
 
 from pacsstore.errors import (
+    ArchiveClosedError,
     ConflictError,
     CorruptStoreError,
     MalformedDicomError,
@@ -37,6 +38,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "Archive",
+    "ArchiveClosedError",
     "ArchiveStats",
     "ConflictError",
     "CorruptStoreError",

@@ -23,6 +23,10 @@ EXPLICIT_VR_LITTLE_ENDIAN: str
 EXPLICIT_VR_BIG_ENDIAN: str
 DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN: str
 
+# A deflated dataset that inflates past this many bytes (1 GiB) is
+# refused with MalformedDicomError before more is allocated.
+MAX_INFLATED_SIZE: int
+
 class PixelLayout:
     """Where the Pixel Data (7FE0,0010) value lies and how it splits into
     frames."""

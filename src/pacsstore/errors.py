@@ -43,6 +43,11 @@ class NotStorableError(PacsstoreError, ValueError):
     """
 
 
+class DatasetMismatchError(NotStorableError):
+    """A received dataset is not the instance its C-STORE command names:
+    its SOP Instance UID or SOP Class UID differs from the command's."""
+
+
 class ConflictError(PacsstoreError):
     """A SOP Instance UID already stored with different bytes was sent
     again while the re-send policy is ``reject``."""
@@ -89,6 +94,12 @@ class NewerFormatError(StoreFormatError):
 
 class CorruptStoreError(StoreFormatError):
     """Stored bytes fail their checksum or digest."""
+
+
+class ArchiveClosedError(PacsstoreError):
+    """The Archive was closed; a call made after (or racing with)
+    ``close()`` gets this rather than an error of LMDB or of a closed
+    file descriptor."""
 
 
 class StoreLockedError(PacsstoreError):

@@ -36,7 +36,9 @@ from pydicom.dataset import Dataset
 
 from pacsstore import parsing
 from pacsstore.errors import (
+    ArchiveClosedError,
     ConflictError,
+    DatasetMismatchError,
     MalformedDicomError,
     NewerFormatError,
     NotAStoreError,
@@ -81,6 +83,22 @@ StoreInput = Union[bytes, bytearray, memoryview, str, os.PathLike, Dataset]
 _ITEM_ERRORS = (MalformedDicomError, NotStorableError, ConflictError)
 
 
+def _check_identity(prepared: Prepared, sop_class_uid: str,
+                    sop_instance_uid: str) -> None:
+    """Refuse a received dataset that is not the instance its command
+    names (PS3.4 B.2.3): filing it under the command's UID would make the
+    archive answer for an instance it does not hold. A dataset without
+    the attributes is filed under the command's UIDs."""
+    found = prepared.record["attributes"]
+    for keyword, expected in (("SOPInstanceUID", sop_instance_uid),
+                              ("SOPClassUID", sop_class_uid)):
+        value = found.get(keyword)
+        if isinstance(value, str) and value and value != expected:
+            raise DatasetMismatchError(
+                f"the dataset's {keyword} is {value}, but the C-STORE "
+                f"command names {expected}")
+
+
 class Archive:
     """A pacsstore store, opened for writing (the default) or reading."""
 
@@ -98,6 +116,7 @@ class Archive:
         self._max_inflight = max_inflight_bytes
         self._lock_fd: int | None = None
         self._committer: Committer | None = None
+        self._closed = False
         self._open_marker()
         if not readonly:
             self._take_lock()
@@ -180,14 +199,15 @@ class Archive:
                                     self.on_conflict)
 
     def close(self) -> None:
-        """Commit what is pending, release the writer lock."""
+        """Commit what is pending, release the writer lock. Calls made
+        after it, or racing with it in other threads, raise
+        ArchiveClosedError; closing twice is harmless."""
+        self._closed = True
         if self._committer is not None:
             self._committer.close()
-            self._committer = None
         if getattr(self, "_index", None) is not None:
             self._segments.close()
             self._index.close()
-            self._index = None  # type: ignore[assignment]
         self._release_lock()
 
     def __enter__(self) -> Archive:
@@ -201,10 +221,14 @@ class Archive:
     # Storing ---------------------------------------------------------------
 
     def _writer(self) -> Committer:
+        if self._closed:
+            raise ArchiveClosedError(
+                f"the store at {self.path} is closed; open a new Archive "
+                f"to store")
         if self._committer is None:
             raise policy.StoreConfigError(
-                f"{self.path} is open read-only (or closed); open it "
-                f"without readonly=True to store")
+                f"{self.path} is open read-only; open it without "
+                f"readonly=True to store")
         return self._committer
 
     def _prepare(self, data: StoreInput) -> Prepared:
@@ -227,12 +251,13 @@ class Archive:
                                sop_instance_uid=sop_instance_uid,
                                transfer_syntax=transfer_syntax,
                                source_ae=source_ae)
+        # A dataset off the wire arrived whole, so one that ends inside
+        # an element was sent broken: refuse it (a file cut short on
+        # disk, by contrast, is kept as it is; see parsing.py).
         prepared = self._preparer.prepare(meta + bytes(dataset),
-                                          source_ae=source_ae)
-        if prepared.uid != sop_instance_uid:
-            raise NotStorableError(
-                f"the dataset's SOP Instance UID (0008,0018) is "
-                f"{prepared.uid}, but it was sent as {sop_instance_uid}")
+                                          source_ae=source_ae,
+                                          refuse_truncated=True)
+        _check_identity(prepared, sop_class_uid, sop_instance_uid)
         return committer.submit(prepared).result()
 
     def store_many(self, items: Iterable[StoreInput], *,

@@ -38,7 +38,11 @@ from typing import Any
 
 import lmdb
 
-from pacsstore.errors import ConflictError, PacsstoreError
+from pacsstore.errors import (
+    ArchiveClosedError,
+    ConflictError,
+    PacsstoreError,
+)
 from pacsstore.store import policy, results
 from pacsstore.store.blocks import EncodedBlock
 from pacsstore.store.hierarchy import link_instance, unlink_instance
@@ -102,7 +106,9 @@ class Committer:
         job = _Job(prepared)
         with self._cond:
             if self._closing:
-                raise PacsstoreError("the archive is closed")
+                raise ArchiveClosedError(
+                    f"the store at {self._writer.directory.parent} is "
+                    f"closed; open a new Archive to store")
             self._queue.append(job)
             self._cond.notify()
         return job.future

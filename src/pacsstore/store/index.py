@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from pacsstore.errors import (
+    ArchiveClosedError,
     CorruptStoreError,
     NewerFormatError,
     OutOfSpaceError,
@@ -123,18 +124,24 @@ def loads(raw: bytes, where: str) -> dict[str, Any]:
 
 
 class _Gate:
-    """Lets many read transactions in, or one map resize, not both."""
+    """Lets many read transactions in, or one map resize, not both; and
+    once closed, lets nobody in (closing waits for those inside, because
+    closing an LMDB environment invalidates its open transactions)."""
 
-    def __init__(self) -> None:
+    def __init__(self, closed_message: str) -> None:
         self._cond = threading.Condition()
         self._readers = 0
         self._resizing = False
+        self._closed = False
+        self._closed_message = closed_message
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:
         with self._cond:
             while self._resizing:
                 self._cond.wait()
+            if self._closed:
+                raise ArchiveClosedError(self._closed_message)
             self._readers += 1
         try:
             yield
@@ -156,6 +163,17 @@ class _Gate:
                 self._resizing = False
                 self._cond.notify_all()
 
+    def close(self) -> bool:
+        """Shut the gate and wait for those inside; False when it was
+        already shut."""
+        with self._cond:
+            if self._closed:
+                return False
+            self._closed = True
+            while self._readers or self._resizing:
+                self._cond.wait()
+        return True
+
 
 class Index:
     """The LMDB environment of one store and its named databases."""
@@ -165,7 +183,8 @@ class Index:
                  max_map_size: int = DEFAULT_MAX_MAP_SIZE) -> None:
         self.readonly = readonly
         self.max_map_size = max_map_size
-        self._gate = _Gate()
+        self._gate = _Gate(f"the store at {path.parent} is closed; open "
+                           f"a new Archive to use it")
         self.env = lmdb.open(
             str(path), subdir=True, readonly=readonly,
             map_size=map_size, max_dbs=len(DATABASES) + 1,
@@ -222,7 +241,9 @@ class Index:
         and running it again (after ``on_retry``) when it is full."""
         while True:
             try:
-                with self.env.begin(write=True) as txn:
+                # Inside the gate, so that close() waits for the commit.
+                with self._gate.reading(), \
+                        self.env.begin(write=True) as txn:
                     return work(txn)
             except lmdb.MapFullError:
                 if on_retry is not None:
@@ -315,7 +336,10 @@ class Index:
                     db=self.db["meta"])
 
     def close(self) -> None:
-        self.env.close()
+        """Close the environment once every transaction has finished;
+        calls after this raise ArchiveClosedError."""
+        if self._gate.close():
+            self.env.close()
 
 
 def _plural(level: str) -> str:

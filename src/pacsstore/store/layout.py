@@ -84,7 +84,7 @@ def split(buffer: bytes | memoryview, pixel: Any | None,
 def _split_native(view: memoryview, pixel: Any) -> tuple[list, list[Cut]]:
     blocks: list[bytes | memoryview] = []
     cuts: list[Cut] = []
-    size, length = pixel.frame_size, max(pixel.value_length, 0)
+    size, length = pixel.frame_size, _value_bytes(pixel)
     for index in range(pixel.frame_count if size else 0):
         start = index * size
         if start >= length:
@@ -96,9 +96,15 @@ def _split_native(view: memoryview, pixel: Any) -> tuple[list, list[Cut]]:
     return blocks, cuts
 
 
+def _value_bytes(pixel: Any) -> int:
+    """Bytes of a native value that are in the file: its length, or what
+    a truncated file kept of it (the parser clips end_offset)."""
+    return pixel.end_offset - pixel.value_offset
+
+
 def _split_whole_value(view: memoryview,
                        pixel: Any) -> tuple[list, list[Cut]]:
-    length = max(pixel.value_length, 0)
+    length = _value_bytes(pixel)
     if not length:
         return [], []
     offset = pixel.value_offset

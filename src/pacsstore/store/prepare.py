@@ -24,7 +24,7 @@ from typing import Any
 import zstandard
 
 from pacsstore import parsing
-from pacsstore.errors import NotStorableError
+from pacsstore.errors import MalformedDicomError, NotStorableError
 from pacsstore.store import blocks, layout
 from pacsstore.store.blocks import EncodedBlock, Kind
 from pacsstore.store.index import MAX_KEY_BYTES, Index, dumps
@@ -76,9 +76,16 @@ class Preparer:
         return compressor
 
     def prepare(self, buffer: bytes | memoryview, *,
-                source_ae: str | None = None) -> Prepared:
+                source_ae: str | None = None,
+                refuse_truncated: bool = False) -> Prepared:
+        buffer = _byte_view(buffer)
         header = parsing.read_header(buffer)
         result, attributes = header.result, dict(header.attributes)
+        if refuse_truncated and result.truncated:
+            raise MalformedDicomError(
+                f"the dataset ends inside an element: its last length "
+                f"runs past the {len(buffer)} bytes received",
+                offset=result.end_offset)
         uid = _require_uid(result, attributes)
         deflated = result.transfer_syntax == DEFLATED
         parts = layout.split(buffer, result.pixel, deflated)
@@ -104,6 +111,21 @@ class Preparer:
     def encode_manifest(self, record: dict[str, Any]) -> EncodedBlock:
         return blocks.encode(Kind.MANIFEST, dumps(record),
                              compressor=self._compressor())
+
+
+def _byte_view(buffer: bytes | memoryview) -> memoryview:
+    """The input as a flat view of bytes. The parser's offsets count
+    bytes, while a memoryview of another format or shape (a numpy array,
+    ``cast("H")``) indexes and measures in items: sliced as it is, it
+    would cut the wrong bytes and record the wrong size."""
+    view = memoryview(buffer)
+    if view.format == "B" and view.ndim == 1 and view.c_contiguous:
+        return view
+    if not view.c_contiguous:
+        raise NotStorableError(
+            "store() needs a contiguous buffer; this memoryview has "
+            f"strides {view.strides} (copy it with bytes() first)")
+    return view.cast("B")
 
 
 def _meta_text(result: Any, tag: int) -> str:

@@ -21,16 +21,20 @@ own rather than being refused.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import struct
+import threading
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pacsstore.errors import (
+    ArchiveClosedError,
     CorruptStoreError,
     NewerFormatError,
     OutOfSpaceError,
@@ -282,11 +286,31 @@ class SegmentWriter:
 
 class SegmentReader:
     """Reads blocks from segments by (segment, offset); thread-safe
-    (positional reads on shared descriptors)."""
+    (positional reads on shared descriptors). ``close`` waits for the
+    reads in progress: a descriptor closed under a pread could be reused
+    by another file before the read runs."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._fds: dict[int, int] = {}
+        self._cond = threading.Condition()
+        self._active = 0
+        self._closed = False
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._cond:
+            if self._closed:
+                raise ArchiveClosedError(
+                    f"the store at {self.directory.parent} is closed; "
+                    f"open a new Archive to read it")
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
 
     def _fd(self, number: int) -> int:
         fd = self._fds.get(number)
@@ -307,7 +331,8 @@ class SegmentReader:
 
     def read_header(self, number: int, offset: int) -> tuple[BlockHeader,
                                                                bytes]:
-        raw = os.pread(self._fd(number), blocks.HEADER_SIZE, offset)
+        with self._reading():
+            raw = os.pread(self._fd(number), blocks.HEADER_SIZE, offset)
         where = f"segment {number} offset {offset}"
         return blocks.parse_header(raw, where), raw
 
@@ -320,11 +345,16 @@ class SegmentReader:
             raise CorruptStoreError(
                 f"block at {where} is {header.digest.hex()}, the index "
                 f"expected {expect.hex()}")
-        payload = os.pread(self._fd(number), header.stored_length,
-                           offset + blocks.HEADER_SIZE)
+        with self._reading():
+            payload = os.pread(self._fd(number), header.stored_length,
+                               offset + blocks.HEADER_SIZE)
         return header, blocks.decode(header, raw, payload, where)
 
     def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            while self._active:
+                self._cond.wait()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

@@ -1,0 +1,12 @@
+"""The DICOM node of pacsstore: a storage SCP (C-ECHO, C-STORE) on
+pynetdicom that keeps datasets as received.
+
+``node`` sets up the application entity, ``contexts`` says which
+presentation contexts it accepts, ``handlers`` holds the event handlers and
+``status`` maps pacsstore errors to DIMSE statuses.
+"""
+
+from pacsstore.net.node import (DEFAULT_AE_TITLE, DEFAULT_HOST, DEFAULT_PORT,
+                                Node)
+
+__all__ = ["DEFAULT_AE_TITLE", "DEFAULT_HOST", "DEFAULT_PORT", "Node"]

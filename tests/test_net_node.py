@@ -1,0 +1,167 @@
+"""The node in-process: C-ECHO, failure statuses that keep the association
+up, several associations at once, and TCP_NODELAY on accepted sockets."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+from pynetdicom import AE
+
+from pacsstore import Archive
+from pacsstore.net import Node
+from pacsstore.net.peers import raw_file_sending
+from pacsstore.synthetic import write_ct_series
+
+pytestmark = pytest.mark.network
+
+
+@pytest.fixture
+def node(tmp_path):
+    with Archive(tmp_path / "store") as archive, \
+            Node(archive, port=0) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("series")
+    return write_ct_series(folder, 8, rows=64, columns=64, seed=7)
+
+
+def element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian element with a short length."""
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr,
+                       len(value)) + value
+
+
+def part10(dataset: bytes, sop_instance: str) -> bytes:
+    """A Part 10 file around ``dataset`` with a meta group we build."""
+    uid = sop_instance.encode() + b"\0" * (len(sop_instance) % 2)
+    version = struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\0\1"
+    body = (version
+            + element(0x00020002, b"UI", CTImageStorage.encode() + b"\0")
+            + element(0x00020003, b"UI", uid)
+            + element(0x00020010, b"UI", ExplicitVRLittleEndian.encode()
+                      + b"\0"))
+    length = element(0x00020000, b"UL", struct.pack("<I", len(body)))
+    return b"\0" * 128 + b"DICM" + length + body + dataset
+
+
+def association(node: Node, contexts=((CTImageStorage,
+                                       ExplicitVRLittleEndian),)):
+    ae = AE(ae_title="TESTSCU")
+    for sop_class, syntax in contexts:
+        ae.add_requested_context(sop_class, syntax)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="PACSSTORE")
+    assert assoc.is_established
+    return assoc
+
+
+def send_file(assoc, path: Path):
+    with raw_file_sending():
+        return assoc.send_c_store(path)
+
+
+@pytest.mark.skipif(shutil.which("echoscu") is None, reason="no DCMTK")
+def test_net_node_answers_echoscu(node):
+    result = subprocess.run(["echoscu", "-aec", "PACSSTORE", "127.0.0.1",
+                             str(node.port)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_net_node_sets_tcp_nodelay_on_accepted_socket(node):
+    assoc = association(node)
+    try:
+        server = node._server
+        accepted = [a.dul.socket.socket for a in server.active_associations]
+        assert accepted
+        for sock in accepted:
+            assert sock.getsockopt(socket.IPPROTO_TCP,
+                                   socket.TCP_NODELAY) != 0
+    finally:
+        assoc.release()
+
+
+def test_net_node_failures_keep_the_association_up(node, series, tmp_path):
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    malformed = tmp_path / "malformed.dcm"
+    # SOP Class and Instance UIDs, then a sequence of undefined length
+    # whose item is never closed.
+    malformed.write_bytes(part10(
+        element(0x00080016, b"UI", CTImageStorage.encode() + b"\0")
+        + element(0x00080018, b"UI", uid.encode() + b"\0"[:len(uid) % 2])
+        + struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF)
+        + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF), uid))
+    mismatch = tmp_path / "mismatch.dcm"
+    data = series[0].read_bytes()
+    mismatch.write_bytes(part10(data[data.index(b"\x08\x00"):], uid))
+
+    assoc = association(node)
+    try:
+        bad = send_file(assoc, malformed)
+        assert 0xC000 <= bad.Status <= 0xCFFF and bad.ErrorComment
+        wrong = send_file(assoc, mismatch)
+        assert wrong.Status == 0xA900 and wrong.ErrorComment
+        good = send_file(assoc, series[1])
+        assert good.Status == 0x0000
+    finally:
+        assoc.release()
+    assert series[1].read_bytes()[-1000:] == \
+        node.archive.get(_uid_of(series[1]))[-1000:]
+    assert uid not in node.archive
+
+
+def test_net_node_conflicting_resend_gets_duplicate_status(node, tmp_path):
+    first = write_ct_series(tmp_path / "a", 1, rows=32, columns=32, seed=1)
+    twin = write_ct_series(tmp_path / "b", 1, rows=32, columns=32, seed=1)
+    # Same UIDs (same seed and size), different pixels.
+    data = bytearray(twin[0].read_bytes())
+    data[-2:] = bytes([data[-2] ^ 0xFF, data[-1]])
+    twin[0].write_bytes(bytes(data))
+    assoc = association(node)
+    try:
+        assert send_file(assoc, first[0]).Status == 0x0000
+        again = send_file(assoc, first[0])
+        assert again.Status == 0x0000  # an identical re-send is fine
+        conflict = send_file(assoc, twin[0])
+        assert conflict.Status == 0x0111 and conflict.ErrorComment
+    finally:
+        assoc.release()
+    stored = node.archive.get(_uid_of(first[0]))
+    assert stored.endswith(first[0].read_bytes()[-2048:])
+
+
+def test_net_node_serves_several_associations_at_once(node, series):
+    errors: list[str] = []
+
+    def send(paths: list[Path]) -> None:
+        assoc = association(node)
+        try:
+            for path in paths:
+                status = send_file(assoc, path)
+                if status.Status != 0:
+                    errors.append(f"{path.name}: 0x{status.Status:04X}")
+        finally:
+            assoc.release()
+
+    threads = [threading.Thread(target=send, args=(series[i::4],))
+               for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    for path in series:
+        assert _uid_of(path) in node.archive
+
+
+def _uid_of(path: Path) -> str:
+    from pydicom import dcmread
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
