@@ -97,6 +97,10 @@ class Committer:
         self._cond = threading.Condition()
         self._queue: collections.deque[_Job] = collections.deque()
         self._closing = False
+        # Set when the thread met an error it cannot hand to one batch
+        # (a rollback that itself failed): the segments may then be out
+        # of step with the index, so nothing more is accepted.
+        self._broken: BaseException | None = None
         self.batches = 0
         self._thread = threading.Thread(
             target=self._run, name="pacsstore-committer", daemon=True)
@@ -105,6 +109,12 @@ class Committer:
     def submit(self, prepared: Prepared) -> Future[StoreResult]:
         job = _Job(prepared)
         with self._cond:
+            if self._broken is not None:
+                raise PacsstoreError(
+                    f"the writer of {self._writer.directory.parent} "
+                    f"stopped after an error it could not recover from "
+                    f"({self._broken}); reopen the store to recover"
+                ) from self._broken
             if self._closing:
                 raise ArchiveClosedError(
                     f"the store at {self._writer.directory.parent} is "
@@ -129,7 +139,23 @@ class Committer:
                     return
                 batch = list(self._queue)
                 self._queue.clear()
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # noqa: BLE001
+                self._stop_broken(batch, exc)
+                return
+
+    def _stop_broken(self, batch: list[_Job], exc: BaseException) -> None:
+        """Fail every waiting caller instead of leaving them blocked on
+        a thread that is gone; reopening the store runs recovery."""
+        log.critical("the committer stopped: %s", exc)
+        with self._cond:
+            self._broken = exc
+            waiting = batch + list(self._queue)
+            self._queue.clear()
+        for job in waiting:
+            if not job.future.done():
+                job.future.set_exception(exc)
 
     def _commit(self, batch: list[_Job]) -> None:
         try:
