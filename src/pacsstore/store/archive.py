@@ -25,7 +25,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Union
@@ -76,6 +76,9 @@ STORE_FORMAT_VERSION = 1
 # store_many keeps at most this many bytes prepared but not committed:
 # enough for large batches (few syncs), small enough to keep memory flat.
 DEFAULT_MAX_INFLIGHT = 256 << 20
+# Threads that prepare store_many's items: one per core is enough, since
+# the work they do outside the GIL (SHA-256, zstd) is CPU-bound.
+PREPARE_WORKERS = max(2, min(8, os.cpu_count() or 2))
 
 StoreInput = Union[bytes, bytearray, memoryview, str, os.PathLike, Dataset]
 # Errors that make one item invalid without saying anything about the
@@ -341,32 +344,52 @@ class Archive:
 
 
 class _Pipeline:
-    """store_many: prepare ahead while earlier batches commit."""
+    """store_many: prepare ahead on a small thread pool while earlier
+    batches commit.
+
+    Preparing (reading, parsing, digesting, compressing) is most of the
+    work of a store, and hashlib and zstandard release the GIL, so
+    ``PREPARE_WORKERS`` threads prepare items at once. Items still reach
+    the committer in the order of the iterable, which is what makes the
+    re-send policy's "first" and "last" mean the caller's order.
+    """
 
     def __init__(self, archive: Archive, skip_invalid: bool) -> None:
         self.archive = archive
         self.committer = archive._writer()
         self.skip_invalid = skip_invalid
         self.results: list[StoreResult | None] = []
+        self.preparing: collections.deque[tuple[int, Future[Prepared]]] = \
+            collections.deque()
         self.inflight: collections.deque[tuple[int, Future, int]] = \
             collections.deque()
         self.inflight_bytes = 0
 
     def run(self, items: Iterable[StoreInput]) -> list[StoreResult]:
-        try:
-            for item in items:
-                self._one(item)
-                while self.inflight_bytes > self.archive._max_inflight:
-                    self._settle_oldest()
-        finally:
-            self._drain()
+        with ThreadPoolExecutor(PREPARE_WORKERS,
+                                thread_name_prefix="pacsstore-prepare"
+                                ) as pool:
+            try:
+                for item in items:
+                    position = len(self.results)
+                    self.results.append(None)
+                    self.preparing.append(
+                        (position, pool.submit(self.archive._prepare, item)))
+                    while len(self.preparing) > 2 * PREPARE_WORKERS:
+                        self._forward_oldest()
+                while self.preparing:
+                    self._forward_oldest()
+            finally:
+                for _position, future in self.preparing:
+                    future.cancel()
+                self._drain()
         return [r for r in self.results if r is not None]
 
-    def _one(self, item: StoreInput) -> None:
-        position = len(self.results)
-        self.results.append(None)
+    def _forward_oldest(self) -> None:
+        """Hand the oldest prepared item to the committer, in order."""
+        position, preparing = self.preparing.popleft()
         try:
-            prepared = self.archive._prepare(item)
+            prepared = preparing.result()
         except _ITEM_ERRORS as exc:
             self._reject(position, exc, None)
             return
@@ -374,6 +397,8 @@ class _Pipeline:
         future = self.committer.submit(prepared)
         self.inflight.append((position, future, cost))
         self.inflight_bytes += cost
+        while self.inflight_bytes > self.archive._max_inflight:
+            self._settle_oldest()
 
     def _settle_oldest(self) -> None:
         position, future, cost = self.inflight.popleft()
