@@ -721,6 +721,11 @@ cdef native_layout(PixelLayout layout, dict attributes):
     frame_bits = (attributes.get("Rows", 0) * attributes.get("Columns", 0)
                   * attributes.get("SamplesPerPixel", 1)
                   * attributes.get("BitsAllocated", 0))
+    photometric = attributes.get("PhotometricInterpretation", b"")
+    if photometric.strip(b" \x00") == b"YBR_FULL_422":
+        # Native YBR_FULL_422 keeps one Cb and one Cr for every two Y
+        # samples: two thirds of the three-sample size (PS3.3 C.7.6.3.1.2).
+        frame_bits = frame_bits // 3 * 2
     layout.frame_bits = frame_bits
     layout.frame_size = (frame_bits + 7) // 8
     available_bits = (layout.end_offset - layout.value_offset) * 8
