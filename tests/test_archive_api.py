@@ -22,7 +22,8 @@ from pacsstore import (
     QueryError,
     StoreConfigError,
 )
-from pacsstore.errors import MalformedDicomError
+from pacsstore import parsing
+from pacsstore.errors import FrameDecodeError, MalformedDicomError
 from test_store_support import (
     BITPACKED_SEG,
     CT_SMALL,
@@ -132,9 +133,9 @@ def test_archive_refuses_dicomdir_and_garbage(archive):
     empty = archive.stats()
     with pytest.raises(NotStorableError, match="DICOMDIR"):
         archive.store(corpus_path(DICOMDIR))
-    # Not DICOM at all: refused as malformed or as having no UID, either
-    # way an input error the caller can catch as ValueError.
-    with pytest.raises((MalformedDicomError, NotStorableError)):
+    # Not DICOM at all: malformed, an input error the caller can catch
+    # as ValueError.
+    with pytest.raises(MalformedDicomError, match="not a DICOM file"):
         archive.store(b"hello world" * 10)
     with pytest.raises(NotStorableError, match="cannot read"):
         archive.store(corpus_path(CT_SMALL).parent / "no-such-file.dcm")
@@ -328,3 +329,121 @@ def test_archive_close_racing_stores_fails_them_with_archive_closed(
     with Archive(tmp_path / "s") as reopened:
         assert all(uid in reopened for uid in acknowledged)
         assert reopened.stats().instances == len(acknowledged)
+
+
+# Its file meta names 1.2.3.4 in (0002,0003); its dataset names nothing.
+META_UID_ONLY = "libdicom/generated_encapsulated_defined_bot_1_to_1.dcm"
+STRAY_ITEM_TAG = "fo-dicom/TestData/GH364.dcm"   # (FFFE,E000) at top level
+BIG_ENDIAN_OW_8BIT = "pydicom-data/OBXXXX1A_expb.dcm"
+RLE_NOT_DECODABLE = "pydicom-data/liver_rle.dcm"
+
+
+def _meta_and_dataset(data: bytes) -> tuple[bytes, bytes]:
+    offset = parsing.read_header(data).result.dataset_offset
+    return data[:offset], data[offset:]
+
+
+def _not_instances() -> dict[str, bytes]:
+    """Inputs whose file meta names CT_small's UID in (0002,0003) while
+    the dataset has no (0008,0018) of its own."""
+    ct = corpus_bytes(CT_SMALL)
+    meta, _ = _meta_and_dataset(ct)
+    empty = io.BytesIO()
+    ds = pydicom.Dataset()
+    ds.file_meta = pydicom.dcmread(io.BytesIO(ct)).file_meta
+    ds.save_as(empty, enforce_file_format=True)
+    return {"empty dataset": empty.getvalue(),
+            "meta and zeros": meta + b"\0" * 5000,
+            "meta and noise": meta + np.random.default_rng(5).bytes(2000),
+            "first 400 bytes": ct[:400]}
+
+
+@pytest.mark.parametrize("name", ["empty dataset", "meta and zeros",
+                                  "meta and noise", "first 400 bytes"])
+def test_archive_refuses_a_dataset_without_its_own_sop_instance_uid(
+        archive, name):
+    with pytest.raises(NotStorableError,
+                       match=r"no SOP Instance UID \(0008,0018\)"):
+        archive.store(_not_instances()[name])
+    with pytest.raises(NotStorableError,
+                       match=r"names 1\.2\.3\.4 in \(0002,0003\)"):
+        archive.store(corpus_path(META_UID_ONLY))
+    assert archive.stats().instances == 0
+    # Nothing was filed under the meta's UID: the real file is not kept
+    # out under the default reject policy.
+    assert archive.store(corpus_bytes(CT_SMALL)).status == "stored"
+
+
+@pytest.mark.parametrize("data, found", [
+    (b"", "the input is empty"),
+    (b"# pacsstore\n\nA DICOM archive.\n", "'# pacsst'"),
+    (np.random.default_rng(3).bytes(4096), "offset 0"),
+])
+def test_archive_input_that_is_not_dicom_says_so(archive, data, found):
+    with pytest.raises(MalformedDicomError) as caught:
+        archive.store(data)
+    assert "not a DICOM file" in str(caught.value)
+    assert found in str(caught.value)
+    assert "SOP Instance UID" not in str(caught.value)
+
+
+def test_archive_on_a_regular_file_is_not_a_store(tmp_path):
+    path = tmp_path / "file.dcm"
+    path.write_bytes(corpus_bytes(CT_SMALL))
+    for readonly in (False, True):
+        with pytest.raises(NotAStoreError, match="file.dcm is a file"):
+            Archive(path, readonly=readonly)
+    with pytest.raises(NotAStoreError, match="file.dcm"):
+        Archive(path / "store")
+
+
+@pytest.mark.parametrize("uid", [None, 123, b"1.2.3"])
+def test_archive_reads_want_a_uid_string(archive, uid):
+    calls = [archive.get, archive.open, archive.dataset, archive.record,
+             lambda u: archive.frame(u, 0)]
+    for call in calls:
+        with pytest.raises(QueryError, match="SOP Instance UID string"):
+            call(uid)
+
+
+@pytest.mark.parametrize("index", [True, False, 1.0, "0", None])
+def test_archive_frame_index_must_be_an_integer(archive, index):
+    uid = archive.store(corpus_bytes(EMRI_10_FRAMES)).sop_instance_uid
+    with pytest.raises(QueryError, match="frame index is an integer"):
+        archive.frame(uid, index)
+    assert archive.frame(uid, np.int64(1)) == archive.frame(uid, 1)
+
+
+def test_archive_frame_with_a_stray_item_tag_decodes_like_pydicom(archive):
+    uid = archive.store(corpus_path(STRAY_ITEM_TAG)).sop_instance_uid
+    expected = pydicom.dcmread(corpus_path(STRAY_ITEM_TAG)).pixel_array
+    np.testing.assert_array_equal(archive.frame(uid, 0, decode=True),
+                                  expected)
+
+
+def test_archive_big_endian_ow_frame_decodes_like_pydicom(archive):
+    uid = archive.store(corpus_path(BIG_ENDIAN_OW_8BIT)).sop_instance_uid
+    expected = pydicom.dcmread(corpus_path(BIG_ENDIAN_OW_8BIT)).pixel_array
+    np.testing.assert_array_equal(archive.frame(uid, 0, decode=True),
+                                  expected)
+
+
+def test_archive_frame_decoder_failure_names_uid_frame_and_syntax(archive):
+    uid = archive.store(corpus_path(RLE_NOT_DECODABLE)).sop_instance_uid
+    with pytest.raises(FrameDecodeError) as caught:
+        archive.frame(uid, 0, decode=True)
+    message = str(caught.value)
+    assert f"frame 0 of instance {uid}" in message
+    assert "1.2.840.10008.1.2.5" in message
+
+
+def test_archive_frame_decoder_exception_of_any_kind_is_wrapped(
+        archive, monkeypatch):
+
+    def broken(self):
+        raise KeyError("codec state")
+
+    uid = archive.store(corpus_bytes(CT_SMALL)).sop_instance_uid
+    monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(broken))
+    with pytest.raises(FrameDecodeError, match="KeyError: 'codec state'"):
+        archive.frame(uid, 0, decode=True)

@@ -19,7 +19,9 @@ from pacsstore import (
     Archive,
     CorruptStoreError,
     MalformedDicomError,
+    NotStorableError,
     StoreLockedError,
+    parsing,
 )
 from pacsstore.errors import DatasetMismatchError
 from test_store_support import CT_SMALL, MR_SMALL, corpus_bytes
@@ -72,6 +74,59 @@ def test_store_received_refuses_a_uid_mismatch(tmp_path):
             archive.store_received(body, syntax, sop_class_uid="1.2.3",
                                    sop_instance_uid=uid)
         assert archive.stats().instances == 0
+
+
+def _without_sop_instance_uid(data: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(data))
+    del ds.SOPInstanceUID
+    out = DicomBytesIO()
+    out.is_little_endian, out.is_implicit_VR = True, False
+    write_dataset(out, ds)
+    return out.getvalue()
+
+
+def test_store_received_refuses_a_dataset_without_sop_instance_uid(
+        tmp_path):
+    body, syntax, sop_class, uid = _bare_dataset(corpus_bytes(CT_SMALL))
+    explicit = "1.2.840.10008.1.2.1"
+    refused = {"nothing": (b"", syntax), "zeros": (b"\0" * 5000, syntax),
+               "no (0008,0018)": (
+                   _without_sop_instance_uid(corpus_bytes(CT_SMALL)),
+                   explicit)}
+    with Archive(tmp_path / "s") as archive:
+        for name, (dataset, ts) in refused.items():
+            with pytest.raises(NotStorableError,
+                               match=r"no SOP Instance UID \(0008,0018\)"):
+                archive.store_received(dataset, ts, sop_class_uid=sop_class,
+                                       sop_instance_uid=uid)
+        assert archive.stats().instances == 0
+        assert archive.store_received(
+            body, syntax, sop_class_uid=sop_class,
+            sop_instance_uid=uid).status == "stored"
+
+
+# Real files whose SOP Instance UIDs break PS3.5 9.1 (a leading zero, a
+# UUID, a hex digest); file ingest stores them, so the network must too.
+NONCONFORMANT_UIDS = ("fo-dicom/TestData/CR-ModalitySequenceLUT.dcm",
+                      "deid/func-sequence-replace/cleaned.dcm",
+                      "pydicom-data/bad_sequence.dcm")
+
+
+@pytest.mark.parametrize("relpath", NONCONFORMANT_UIDS)
+def test_store_received_keeps_uids_real_devices_send(tmp_path, relpath):
+    data = corpus_bytes(relpath)
+    header = parsing.read_header(data)
+    body = data[header.result.dataset_offset:]
+    with Archive(tmp_path / "s") as archive:
+        result = archive.store_received(
+            body, header.transfer_syntax,
+            sop_class_uid=header.sop_class_uid,
+            sop_instance_uid=header.sop_instance_uid)
+        assert result.status == "stored"
+        stored = archive.get(header.sop_instance_uid)
+        assert stored.endswith(body)
+        meta = pydicom.dcmread(io.BytesIO(stored)).file_meta
+        assert meta.MediaStorageSOPInstanceUID == header.sop_instance_uid
 
 
 @pytest.mark.parametrize("cut", [1, 2, 7, 100])

@@ -8,8 +8,9 @@ every earlier one with other content must be gone. The ``reject`` and
 ``keep-first`` policies are exercised on the same real pairs in
 test_archive_resend.py.
 
-pydicom is the oracle for what a file is: its SOP Instance UID (from the
-dataset, else from the file meta, as the archive files it) and its frames.
+pydicom is the oracle for what a file is: its SOP Instance UID (the
+dataset's own (0008,0018), the only UID the archive files an instance
+under) and its frames.
 """
 
 from __future__ import annotations
@@ -36,14 +37,41 @@ class Stored:
     result: StoreResult
 
 
-def _oracle_uid(entry: CorpusFile) -> str | None:
-    """The UID pydicom sees: dataset (0008,0018), else meta (0002,0003)."""
+# Files pydicom reads whose file meta names an instance in (0002,0003)
+# while the dataset has no (0008,0018): a meta group does not make an
+# instance, so the archive refuses them.
+META_UID_ONLY = frozenset((
+    "fo-dicom/TestData/FreezePattern.dcm",
+    "libdicom/generated_encapsulated_defined_bot_1_to_1.dcm",  # 1.2.3.4
+    "libdicom/generated_encapsulated_defined_bot_2_to_1.dcm",  # 1.2.3.4
+    "libdicom/generated_encapsulated_defined_bot_2_to_2.dcm",  # 1.2.3.4
+    "libdicom/generated_encapsulated_empty_bot_1_to_1.dcm",    # 1.2.3.4
+    "libdicom/generated_encapsulated_empty_bot_2_to_1.dcm",    # 1.2.3.4
+    "nibabel/nicom/tests/data/decimal_rescale.dcm",            # 1.2.3.4
+    "pydicom/charset_files/chrSQEncoding.dcm",
+    "pydicom/charset_files/chrSQEncoding1.dcm",
+    "pydicom/test_files/UN_sequence.dcm",
+    "pydicom/test_files/no_meta_group_length.dcm",
+    "pydicom/test_files/priv_SQ.dcm",
+))
+
+
+def _read(entry: CorpusFile) -> pydicom.Dataset:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(entry.path, force=True, stop_before_pixels=True)
-    uid = ds.get("SOPInstanceUID")
-    if not uid and hasattr(ds, "file_meta"):
-        uid = ds.file_meta.get("MediaStorageSOPInstanceUID")
+        return pydicom.dcmread(entry.path, force=True,
+                               stop_before_pixels=True)
+
+
+def _oracle_uid(entry: CorpusFile) -> str | None:
+    """The UID pydicom sees in the dataset: (0008,0018)."""
+    uid = _read(entry).get("SOPInstanceUID")
+    return str(uid) if uid else None
+
+
+def _meta_uid(entry: CorpusFile) -> str | None:
+    meta = getattr(_read(entry), "file_meta", None)
+    uid = meta.get("MediaStorageSOPInstanceUID") if meta else None
     return str(uid) if uid else None
 
 
@@ -78,12 +106,30 @@ def test_corpus_every_readable_file_with_a_uid_is_stored(stored_corpus):
             continue  # refused whatever its meta says: next test
         if uid is None:
             assert item.result.status == "rejected", item.entry.relpath
-            assert "SOP Instance UID" in item.result.error
+            reasons = ["no SOP Instance UID (0008,0018)"]
+            if "no_preamble" in item.entry.flags:
+                # A bare dataset that does not start with an element
+                # (no_meta.dcm's stray first byte) shows nothing of DICOM.
+                reasons.append("not a DICOM file")
+            assert any(r in item.result.error for r in reasons), \
+                (item.entry.relpath, item.result.error)
         else:
             assert item.result.status in ("stored", "replaced",
                                           "duplicate"), (
                 item.entry.relpath, item.result.error)
             assert item.result.sop_instance_uid == uid
+
+
+def test_corpus_files_with_only_a_meta_uid_are_refused(stored_corpus):
+    _, stored = stored_corpus
+    refused = {s.entry.relpath: s for s in stored
+               if s.entry.pydicom_reads and "dicomdir" not in s.entry.flags
+               and _oracle_uid(s.entry) is None and _meta_uid(s.entry)}
+    assert set(refused) == META_UID_ONLY
+    for item in refused.values():
+        assert item.result.status == "rejected"
+        assert "no SOP Instance UID (0008,0018)" in item.result.error
+        assert _meta_uid(item.entry) in item.result.error
 
 
 def test_corpus_dicomdirs_are_refused_as_not_storable(stored_corpus):

@@ -1,4 +1,5 @@
-"""The matching rules of find() and the file meta of received data."""
+"""The matching rules of find() (values, wildcards, lists, date and time
+ranges) and the file meta of received data."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import io
 import pydicom
 import pytest
 
-from pacsstore import NotStorableError
+from pacsstore import NotStorableError, QueryError
 from pacsstore.filemeta import build_file_meta
 from pacsstore.store.query import matches
 
@@ -51,11 +52,95 @@ def test_filemeta_is_read_back_by_pydicom():
     assert fm.FileMetaInformationVersion == b"\x00\x01"
 
 
-def test_filemeta_refuses_bad_uid_and_ae():
-    with pytest.raises(NotStorableError, match="UID"):
-        build_file_meta(sop_class_uid="1.2", sop_instance_uid="1.02.x",
+@pytest.mark.parametrize("uid", [
+    "999.999.01.23.45.6789",                   # leading zero components
+    "ad111191-79e4-4892-9b91-2f84967a4b23",    # a UUID
+    "dccc9599087131742838cc1162a630fea87ba9bf61ac09bfda90d4adfa5ddaed",
+    "1.2.3 ",                                  # a space is printable
+])
+def test_filemeta_accepts_uids_real_devices_send(uid):
+    meta = build_file_meta(sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                           sop_instance_uid=uid,
+                           transfer_syntax="1.2.840.10008.1.2")
+    ds = pydicom.dcmread(io.BytesIO(meta), force=True)
+    assert ds.file_meta.MediaStorageSOPInstanceUID == uid.rstrip()
+
+
+@pytest.mark.parametrize("uid, reason", [
+    ("", "is empty"),
+    ("   ", "is empty"),
+    ("1." * 32 + "1", "is 65 characters; a UI element holds at most 64"),
+    ("1.2\\3.4", "has '\\\\' at position 3"),
+    ("1.2.\u00e9", "has 'é' at position 4"),
+    ("1.2\x00", "has '\\x00' at position 3"),
+    (None, "must be a string; found NoneType"),
+])
+def test_filemeta_refuses_what_a_ui_element_cannot_hold(uid, reason):
+    with pytest.raises(NotStorableError) as caught:
+        build_file_meta(sop_class_uid="1.2", sop_instance_uid=uid,
                         transfer_syntax="1.2.840.10008.1.2")
+    assert "SOP Instance UID" in str(caught.value)
+    assert reason in str(caught.value)
+
+
+def test_filemeta_refuses_a_bad_ae_title():
     with pytest.raises(NotStorableError, match="AE"):
         build_file_meta(sop_class_uid="1.2", sop_instance_uid="1.2",
                         transfer_syntax="1.2.840.10008.1.2",
                         source_ae="A" * 17)
+
+
+@pytest.mark.parametrize("value, pattern, expected", [
+    ("20040615", "20040101-20041231", True),
+    ("20050101", "20040101-20041231", False),
+    ("20041231", "-2004", True),            # a bound to the year
+    ("20050101", "-2004", False),
+    ("20040101", "2004-", True),
+    ("20031231", "2004-", False),
+    ("20040615", "200406", True),           # a single value is D-D
+    ("20040615", "20040615", True),
+    ("20040616", "20040615", False),
+    (["20030101", "20040615"], "2004-", True),
+    (None, "2004-", False),
+    ("", "2004-", False),
+    ("20040615", "2004*", True),            # wildcards still apply
+])
+def test_query_date_range_matching(value, pattern, expected):
+    assert matches(value, pattern, "StudyDate") is expected
+
+
+@pytest.mark.parametrize("keyword, value, pattern, expected", [
+    ("StudyTime", "143000.123", "1400-1500", True),
+    ("StudyTime", "150100", "1400-1500", False),
+    ("StudyTime", "120000", "12", True),
+    ("AcquisitionDateTime", "20040615120000+0100", "20040615", True),
+    ("AcquisitionDateTime", "20040615120000", "200406151300-", False),
+])
+def test_query_time_and_datetime_ranges(keyword, value, pattern, expected):
+    assert matches(value, pattern, keyword) is expected
+
+
+@pytest.mark.parametrize("keyword, pattern, reason", [
+    ("StudyDate", "yesterday", "expected YYYYMMDD"),
+    ("StudyDate", "-", "expected YYYYMMDD"),
+    ("StudyDate", "2004-01-01", "expected YYYYMMDD"),
+    ("StudyDate", "20050101-20040101", "ends before it starts"),
+    ("StudyTime", "12:00", "expected HHMMSS"),
+    ("AcquisitionDateTime", "20040101+0100", "UTC offsets"),
+])
+def test_query_unmatchable_date_values_are_query_errors(keyword, pattern,
+                                                        reason):
+    with pytest.raises(QueryError, match=reason):
+        matches("20040101", pattern, keyword)
+
+
+def test_query_list_values_are_any_of_for_uid_keys_only():
+    assert matches("1.2.3", ("1.2.4", "1.2.3"), "StudyInstanceUID")
+    assert matches("1.2.3", ["1.2.3"], "SOPInstanceUID")
+    assert not matches("1.2.3", [], "SOPInstanceUID")
+    with pytest.raises(QueryError, match="only for UID keys"):
+        matches("Doe^John", ["Doe^John"], "PatientName")
+    with pytest.raises(QueryError, match="holds strings"):
+        matches("1.2.3", [1, 2], "SOPInstanceUID")
+    with pytest.raises(QueryError, match="expected a string"):
+        matches("1.2.3", b"1.2.3", "SOPInstanceUID")

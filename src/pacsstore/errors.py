@@ -65,7 +65,9 @@ class StoreConfigError(PacsstoreError, ValueError):
 
 
 class QueryError(PacsstoreError, ValueError):
-    """A query names an unknown level or keyword."""
+    """A query names an unknown level, a key its level does not have, or
+    a value that cannot match; or a read is given a SOP Instance UID that
+    is not a string, or a frame index that is not an integer."""
 
 
 class FrameDecodeError(PacsstoreError, ValueError):

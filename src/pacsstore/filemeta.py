@@ -21,17 +21,37 @@ from pacsstore.errors import NotStorableError
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
-# PS3.5 9.1: digits and dots, no leading zero in a component, <= 64 chars.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# The most a UI value can hold (PS3.5 6.2, table 6.2-1).
+MAX_UID_BYTES = 64
 # PS3.5 6.2: AE titles are up to 16 characters, no backslash or control.
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
 
 def _check_uid(name: str, value: str) -> str:
-    if len(value) > 64 or not _UID.match(value):
+    """Refuse only a UID that cannot be written into a UI element.
+
+    PS3.5 9.1 asks for digits and dots without leading zeros, but real
+    devices send other UIDs (a UUID, hex digests, "999.999.01.23"), and
+    file ingest keeps such files; refusing them from the network would
+    lose the same images for arriving the other way. What a UI element
+    cannot hold is refused: nothing, more than 64 bytes, a character
+    outside printable ASCII, or a backslash (which separates values).
+    """
+    if not isinstance(value, str):
         raise NotStorableError(
-            f"{name} must be a UID (digits and dots, at most 64 "
-            f"characters); found {value!r}")
+            f"{name} must be a string; found {type(value).__name__}")
+    if not value.strip(" "):
+        raise NotStorableError(
+            f"{name} is empty; a UID needs at least one character")
+    for position, char in enumerate(value):
+        if not " " <= char <= "~" or char == "\\":
+            raise NotStorableError(
+                f"{name} {value!r} has {char!r} at position {position}; a "
+                f"UI element holds printable ASCII without backslash")
+    if len(value) > MAX_UID_BYTES:
+        raise NotStorableError(
+            f"{name} {value!r} is {len(value)} characters; a UI element "
+            f"holds at most {MAX_UID_BYTES}")
     return value
 
 

@@ -17,6 +17,7 @@ import logging
 
 import numpy as np
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID
@@ -45,28 +46,50 @@ def _attributes(prefix: bytes) -> Dataset:
 
 
 def decode_frame(prefix: bytes, frame: bytes, transfer_syntax: str,
-                 *, native: bool) -> np.ndarray:
+                 *, native: bool, pixel_vr: str | None = None,
+                 sop_instance_uid: str = "?",
+                 index: int = 0) -> np.ndarray:
     """Decode ``frame`` (stored bytes of one frame) given ``prefix``, the
-    instance's bytes up to its (7FE0,0010) element."""
+    instance's bytes up to its (7FE0,0010) element. ``pixel_vr`` is the
+    VR that element was stored with (it matters for Big Endian native
+    data); ``sop_instance_uid`` and ``index`` name the frame in errors."""
     source = _attributes(prefix)
+    try:
+        return _single_frame(source, frame, transfer_syntax, native,
+                             pixel_vr).pixel_array
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - wrapped, not swallowed
+        # pydicom's handlers and the codecs behind them raise what their
+        # codec raises (NotImplementedError, RuntimeError, ValueError,
+        # struct.error, ...); each means that this frame does not decode.
+        raise FrameDecodeError(
+            f"frame {index} of instance {sop_instance_uid} (transfer "
+            f"syntax {transfer_syntax}) does not decode: "
+            f"{type(exc).__name__}: {exc}") from None
+
+
+def _single_frame(source: Dataset, frame: bytes, transfer_syntax: str,
+                  native: bool, pixel_vr: str | None) -> Dataset:
+    """A one-frame dataset: the instance's attributes and ``frame``."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
-    for element in source:
-        if element.tag.group > 0x0002 and \
-                element.keyword not in _MULTI_FRAME_ONLY:
-            ds.add(element)
+    for tag in source.keys():
+        # Item and delimiter tags (group FFFE) are not attributes: one
+        # stray at dataset level has no VR that pydicom can convert.
+        if tag.group <= 0x0002 or tag.group == 0xFFFE or \
+                keyword_for_tag(tag) in _MULTI_FRAME_ONLY:
+            continue
+        ds.add(source[tag])
     ds.NumberOfFrames = 1
     if native:
         ds.PixelData = frame
     else:
         ds.PixelData = encapsulate([frame])
-    ds["PixelData"].VR = "OB" if not native or \
-        ds.get("BitsAllocated", 8) <= 8 else "OW"
-    try:
-        return ds.pixel_array
-    except (NotImplementedError, RuntimeError, ValueError,
-            AttributeError) as exc:
-        raise FrameDecodeError(
-            f"frame of transfer syntax {transfer_syntax} does not decode: "
-            f"{exc}") from None
+    if pixel_vr in ("OB", "OW"):
+        ds["PixelData"].VR = pixel_vr
+    else:
+        ds["PixelData"].VR = "OB" if not native or \
+            ds.get("BitsAllocated", 8) <= 8 else "OW"
+    return ds

@@ -23,6 +23,7 @@ import fcntl
 import io
 import json
 import logging
+import operator
 import os
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -44,6 +45,7 @@ from pacsstore.errors import (
     NotAStoreError,
     NotFoundError,
     NotStorableError,
+    QueryError,
     StoreLockedError,
 )
 from pacsstore.filemeta import build_file_meta
@@ -81,6 +83,7 @@ DEFAULT_MAX_INFLIGHT = 256 << 20
 PREPARE_WORKERS = max(2, min(8, os.cpu_count() or 2))
 
 StoreInput = Union[bytes, bytearray, memoryview, str, os.PathLike, Dataset]
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 # Errors that make one item invalid without saying anything about the
 # store: skip_invalid turns them into "rejected" results.
 _ITEM_ERRORS = (MalformedDicomError, NotStorableError, ConflictError)
@@ -91,7 +94,8 @@ def _check_identity(prepared: Prepared, sop_class_uid: str,
     """Refuse a received dataset that is not the instance its command
     names (PS3.4 B.2.3): filing it under the command's UID would make the
     archive answer for an instance it does not hold. A dataset without
-    the attributes is filed under the command's UIDs."""
+    a SOP Instance UID never gets here (prepare refuses it); one without
+    a SOP Class UID is filed under the command's."""
     found = prepared.record["attributes"]
     for keyword, expected in (("SOPInstanceUID", sop_instance_uid),
                               ("SOPClassUID", sop_class_uid)):
@@ -138,6 +142,9 @@ class Archive:
     # Opening and closing -------------------------------------------------
 
     def _open_marker(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise NotAStoreError(f"{self.path} is a file, not a pacsstore "
+                                 f"store (a store is a directory)")
         marker = self.path / "PACSSTORE"
         if not marker.exists():
             if self.readonly:
@@ -162,7 +169,12 @@ class Archive:
             raise NotAStoreError(
                 f"{self.path} exists, is not empty and is not a pacsstore "
                 f"store; refusing to create one inside it")
-        (self.path / "segments").mkdir(parents=True, exist_ok=True)
+        try:
+            (self.path / "segments").mkdir(parents=True, exist_ok=True)
+        except (NotADirectoryError, FileExistsError):
+            raise NotAStoreError(
+                f"cannot create a store at {self.path}: a part of the path "
+                f"is a file, not a directory") from None
         (self.path / "index").mkdir(exist_ok=True)
         body = json.dumps({"format_version": STORE_FORMAT_VERSION})
         temporary = self.path / "PACSSTORE.new"
@@ -280,7 +292,7 @@ class Archive:
     # Reading -----------------------------------------------------------------
 
     def _reader(self, uid: str) -> InstanceReader:
-        return InstanceReader(self._index, self._segments, uid)
+        return InstanceReader(self._index, self._segments, _uid_arg(uid))
 
     def get(self, sop_instance_uid: str) -> bytes:
         """The stored bytes of the instance, exactly."""
@@ -301,14 +313,35 @@ class Archive:
         fragment values joined, for encapsulated syntaxes) or, with
         ``decode``, the decoded pixels as a numpy array."""
         reader = self._reader(sop_instance_uid)
+        index = _frame_index(index)
         frame, prefix, syntax = _frame_of(reader, index)
         if not decode:
             return frame
-        native = reader.record["layout"] != layout.ENCAPSULATED
-        return decode_frame(prefix, frame, syntax, native=native)
+        record = reader.record
+        native = record["layout"] != layout.ENCAPSULATED
+        big_endian = syntax == BIG_ENDIAN and \
+            record["layout"] == layout.NATIVE
+        vr = _pixel_vr(reader.header(), record) if big_endian else None
+        return decode_frame(prefix, frame, syntax, native=native,
+                            pixel_vr=vr, sop_instance_uid=sop_instance_uid,
+                            index=index)
 
     def find(self, level: str, **keys: Any) -> list[dict[str, Any]]:
-        """Patients, studies, series or instances matching ``keys``."""
+        """Patients, studies, series or instances matching ``keys``.
+
+        ``level`` is "patient", "study", "series" or "instance"; each key
+        is a keyword of that level or of a level above it, and each
+        answer carries the attributes of its level and of the levels
+        above (plus the counts of its level: NumberOfStudyRelatedSeries,
+        ModalitiesInStudy and so on). A value matches as C-FIND does
+        (PS3.4 C.2.2.2): exactly, with ``*`` and ``?`` wildcards, or
+        universally when it is ``""``, ``"*"`` or ``None``. A UID key
+        takes a list or tuple of UIDs (any of them); a date or time key
+        takes a range ``"20040101-20041231"``, ``"-2004"`` or
+        ``"2004-"``. At study level, ``Modality`` matches a study that
+        has a series of that modality. Any other key or value is a
+        QueryError.
+        """
         return query.find(self._index, level, **keys)
 
     def stats(self) -> ArchiveStats:
@@ -328,6 +361,7 @@ class Archive:
 
     def record(self, sop_instance_uid: str) -> dict[str, Any]:
         """The index record of an instance (see docs/format.md)."""
+        _uid_arg(sop_instance_uid)
         with self._index.read() as txn:
             found = self._index.record(txn, "instance", sop_instance_uid)
         if found is None:
@@ -460,6 +494,36 @@ def _dataset_bytes(ds: Dataset) -> bytes:
             f"the pydicom Dataset cannot be written as a Part 10 file: "
             f"{exc}") from None
     return buffer.getvalue()
+
+
+def _uid_arg(uid: object) -> str:
+    """Refuse a SOP Instance UID that is not a string here, rather than
+    as an AttributeError from deep in the index."""
+    if not isinstance(uid, str):
+        raise QueryError(f"expected a SOP Instance UID string; found "
+                         f"{type(uid).__name__} {uid!r}")
+    return uid
+
+
+def _frame_index(index: object) -> int:
+    """A frame index: an int (a numpy integer too), never a bool, which
+    Python would otherwise take as frame 0 or 1."""
+    if isinstance(index, bool):
+        raise QueryError(f"a frame index is an integer; found bool {index} "
+                         f"(frame(uid, index, decode=True) decodes)")
+    try:
+        return operator.index(index)  # type: ignore[arg-type]
+    except TypeError:
+        raise QueryError(f"a frame index is an integer; found "
+                         f"{type(index).__name__} {index!r}") from None
+
+
+def _pixel_vr(header: bytes, record: dict[str, Any]) -> str:
+    """The VR of the stored (7FE0,0010) element (explicit VR: bytes 4-5
+    of the element). Big Endian OW data of 8 bits is swapped in 16-bit
+    words, OB data is not, so the decoder must be told which it is."""
+    offset = record["pixel_offset"]
+    return header[offset + 4:offset + 6].decode("ascii", "replace")
 
 
 def _frame_of(reader: InstanceReader,

@@ -29,6 +29,15 @@ SERIES_KEYS = ("SeriesInstanceUID", "Modality", "SeriesNumber",
                "SeriesDescription", "SeriesDate", "SeriesTime",
                "BodyPartExamined", "PerformedProcedureStepStartDate",
                "PerformedProcedureStepStartTime")
+# What an instance answers for itself: the other attributes the walker
+# records (pacsstore._parse), and the transfer syntax it was stored in.
+INSTANCE_KEYS = ("SOPInstanceUID", "SOPClassUID", "TransferSyntaxUID",
+                 "SpecificCharacterSet", "ImageType", "InstanceNumber",
+                 "ContentDate", "ContentTime", "AcquisitionDateTime",
+                 "Manufacturer", "InstitutionName",
+                 "PhotometricInterpretation", "SamplesPerPixel", "Rows",
+                 "Columns", "BitsAllocated", "BitsStored",
+                 "PixelRepresentation", "NumberOfFrames")
 LEVEL_KEYS = {"patient": PATIENT_KEYS, "study": STUDY_KEYS,
               "series": SERIES_KEYS}
 # What each level's record stores about its parent (fixed at creation).

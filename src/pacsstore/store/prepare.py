@@ -16,7 +16,6 @@ still true when the committer applies the instance.
 from __future__ import annotations
 
 import hashlib
-import logging
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,8 +32,6 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 _META_SOP_CLASS = 0x00020002
 _META_SOP_INSTANCE = 0x00020003
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,7 +83,7 @@ class Preparer:
                 f"the dataset ends inside an element: its last length "
                 f"runs past the {len(buffer)} bytes received",
                 offset=result.end_offset)
-        uid = _require_uid(result, attributes)
+        uid = _require_uid(buffer, result, attributes)
         deflated = result.transfer_syntax == DEFLATED
         parts = layout.split(buffer, result.pixel, deflated)
         record = _record(buffer, result, attributes, parts, source_ae)
@@ -133,34 +130,82 @@ def _meta_text(result: Any, tag: int) -> str:
     return raw.rstrip(b"\x00 ").decode("ascii", "replace")
 
 
-def _require_uid(result: Any, attributes: dict[str, Any]) -> str:
-    """The UID to file the instance under: (0008,0018), or else the
-    Media Storage SOP Instance UID of the file meta, which names the same
-    instance in a Part 10 file (some toolkits write datasets without the
-    former; refusing what the file itself identifies would lose data)."""
+def _require_uid(buffer: memoryview, result: Any,
+                 attributes: dict[str, Any]) -> str:
+    """The UID to file the instance under: the dataset's own (0008,0018).
+
+    The file meta's Media Storage SOP Instance UID (0002,0003) is not
+    enough. It says what the file claims to hold; filed under it, an
+    empty dataset, a meta group followed by noise, or the first bytes of
+    a file cut short would be acknowledged as that instance, and under
+    ``reject`` would keep the real one out for good.
+    """
     if _meta_text(result, _META_SOP_CLASS) == MEDIA_STORAGE_DIRECTORY:
         raise NotStorableError(
             "a DICOMDIR (Media Storage Directory Storage) indexes a file "
             "set and is not an instance; the archive stores the instances "
             "it lists, not the directory")
     uid = attributes.get("SOPInstanceUID")
-    if not (isinstance(uid, str) and uid):
-        uid = _meta_text(result, _META_SOP_INSTANCE)
-        if uid:
-            attributes["SOPInstanceUID"] = uid
-            log.warning("no SOP Instance UID (0008,0018) in the dataset; "
-                        "filing it under the file meta's (0002,0003) %s",
-                        uid)
-    if uid:
+    if isinstance(uid, tuple):
+        values = "\\".join(uid)
+        raise NotStorableError(
+            f"the dataset's SOP Instance UID (0008,0018) has {len(uid)} "
+            f"values ({values}); an instance has exactly one")
+    if isinstance(uid, str) and uid:
         if len(uid.encode()) > MAX_KEY_BYTES:
             raise NotStorableError(
                 f"SOP Instance UID (0008,0018) is {len(uid)} characters; "
                 f"a UID has at most 64")
         return uid
-    raise NotStorableError(
-        "the dataset has no SOP Instance UID (0008,0018), nor a file meta "
-        "with (0002,0003), to store it under (a saved query or a "
-        "fragment of a dataset is not an instance)")
+    _refuse_not_dicom(buffer, result, attributes)
+    raise NotStorableError(_no_uid_reason(buffer, result, attributes))
+
+
+def _found_at(buffer: memoryview, offset: int) -> str:
+    """What lies at ``offset``, for a message: a few bytes in hex, and as
+    text when they are printable."""
+    head = bytes(buffer[offset:offset + 8])
+    if not head:
+        return "nothing (the input ends there)"
+    printable = all(0x20 <= b < 0x7F for b in head)
+    shown = f" ({head.decode('ascii')!r})" if printable else ""
+    return f"{head.hex(' ')}{shown}"
+
+
+def _refuse_not_dicom(buffer: memoryview, result: Any,
+                      attributes: dict[str, Any]) -> None:
+    """Refuse input in which the walk found nothing of DICOM: no
+    preamble, no file meta, no attribute. The walker reads whatever
+    lacks a preamble as a bare Implicit VR dataset, so a text file or
+    random bytes would otherwise be reported as a dataset without a SOP
+    Instance UID."""
+    if result.has_preamble or result.meta or attributes or result.pixel:
+        return
+    if not len(buffer):
+        raise MalformedDicomError("not a DICOM file: the input is empty")
+    raise MalformedDicomError(
+        f"not a DICOM file: expected a Part 10 preamble ('DICM' at offset "
+        f"128) or a dataset starting at offset 0, found "
+        f"{_found_at(buffer, 0)}", offset=0)
+
+
+def _no_uid_reason(buffer: memoryview, result: Any,
+                   attributes: dict[str, Any]) -> str:
+    reason = ("the dataset has no SOP Instance UID (0008,0018), so it is "
+              "not an instance (an empty dataset, a saved query or the "
+              "start of a file cut short)")
+    meta_uid = _meta_text(result, _META_SOP_INSTANCE)
+    if meta_uid:
+        reason += (f"; the file meta names {meta_uid} in (0002,0003), but "
+                   f"that alone does not make one")
+    start = result.dataset_offset
+    if start >= len(buffer):
+        reason += f"; the dataset is empty (the input ends at offset {start})"
+    elif not attributes and result.pixel is None:
+        reason += (f"; its {len(buffer) - start} bytes hold none of the "
+                   f"attributes of an instance, found "
+                   f"{_found_at(buffer, start)} at offset {start}")
+    return reason
 
 
 def _text(attributes: dict[str, Any], keyword: str) -> str:

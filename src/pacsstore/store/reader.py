@@ -38,6 +38,7 @@ class InstanceReader:
             self._entries = [self._entry(index, txn, n, uid)
                              for n in names]
         self.record = record
+        self._header: bytes | None = None
         self._names = [bytes.fromhex(n) for n in names]
         self.cuts = [layout.Cut(*c) for c in record["cuts"]]
 
@@ -58,7 +59,10 @@ class InstanceReader:
         return content
 
     def header(self) -> bytes:
-        return self.block(0)
+        # frame() needs it twice: for the attributes and the pixel VR.
+        if self._header is None:
+            self._header = self.block(0)
+        return self._header
 
     def frame_block(self, index: int) -> bytes:
         return self.block(index + 1)
