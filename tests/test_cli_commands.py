@@ -44,7 +44,7 @@ def store(tmp_path_factory, folder) -> Path:
     result = CliRunner().invoke(cli, ["--store", str(path), "ingest",
                                       str(folder)])
     assert result.exit_code == 0, result.output
-    assert f"ingested {len(FILES)} files ({len(FILES)} stored)" in \
+    assert f"{len(FILES)} files stored, 0 duplicate, 0 rejected" in \
         result.output
     assert "skipped 2 non-DICOM" in result.output
     return path
@@ -58,7 +58,7 @@ def run(*args: str, env: dict | None = None) -> str:
 
 def test_cli_ingest_again_finds_duplicates(store, folder):
     output = run("--store", str(store), "ingest", str(folder))
-    assert f"({len(FILES)} duplicate)" in output
+    assert f"0 files stored, {len(FILES)} duplicate" in output
 
 
 def test_cli_get_writes_the_file_as_stored(store, tmp_path):
@@ -103,8 +103,10 @@ def test_cli_find_filters(store):
 
 
 def test_cli_find_table_lists_studies(store):
-    output = run("--store", str(store), "find", "--level", "study")
+    output = run("--store", str(store), "find", "--level", "study",
+                 "--format", "table")
     assert "study answers" in output
+    assert "PatientName" in output  # whole headers, not "Patien..."
 
 
 def test_cli_stats_counts_instances(store):

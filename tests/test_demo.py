@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,13 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def run_demo(store: Path) -> subprocess.CompletedProcess[str]:
+    # As in an activated virtual environment: its bin directory, with
+    # pynetdicom's own storescu script, comes first on PATH.
+    path = os.pathsep.join([str(Path(sys.executable).parent),
+                            os.environ.get("PATH", "")])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(SRC), os.environ.get("PYTHONPATH", "")]), COLUMNS="120")
+        [str(SRC), os.environ.get("PYTHONPATH", "")]), COLUMNS="120",
+        PATH=path)
     return subprocess.run(
         [sys.executable, "-m", "pacsstore.demo", "--slices", "4",
          "--store", str(store), "--port", "0"],
@@ -31,6 +37,9 @@ def test_demo_passes_its_byte_check_and_is_idempotent(tmp_path):
     assert "newly stored" in first.stdout
     assert "Axial 2.5 mm" in first.stdout  # the generated series is listed
     assert "instances/s" in first.stdout and "MB/s" in first.stdout
+    answered = re.search(r"node answered (\d+) C-STOREs", first.stdout)
+    sent = re.search(r"sent (\d+) instances", first.stdout)
+    assert answered and sent and answered[1] == sent[1], first.stdout
 
     second = run_demo(store)
     assert second.returncode == 0, second.stdout + second.stderr

@@ -3,7 +3,7 @@ up, several associations at once, and TCP_NODELAY on accepted sockets."""
 
 from __future__ import annotations
 
-import shutil
+import logging
 import socket
 import struct
 import subprocess
@@ -14,9 +14,12 @@ import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
+from corpus import CORPUS_ROOT, corpus_available
 from pacsstore import Archive
 from pacsstore.net import Node
-from pacsstore.net.peers import raw_file_sending
+from pacsstore.net.dcmtk import dcmtk_tool
+from pacsstore.net.peers import describe, raw_file_sending
+from pacsstore.net.peers import send_with_pynetdicom
 from pacsstore.synthetic import write_ct_series
 
 pytestmark = pytest.mark.network
@@ -69,10 +72,11 @@ def send_file(assoc, path: Path):
         return assoc.send_c_store(path)
 
 
-@pytest.mark.skipif(shutil.which("echoscu") is None, reason="no DCMTK")
+@pytest.mark.skipif(dcmtk_tool("echoscu") is None, reason="no DCMTK")
 def test_net_node_answers_echoscu(node):
-    result = subprocess.run(["echoscu", "-aec", "PACSSTORE", "127.0.0.1",
-                             str(node.port)], capture_output=True, text=True)
+    result = subprocess.run([dcmtk_tool("echoscu"), "-aec", "PACSSTORE",
+                             "127.0.0.1", str(node.port)],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
@@ -131,7 +135,9 @@ def test_net_node_conflicting_resend_gets_duplicate_status(node, tmp_path):
         again = send_file(assoc, first[0])
         assert again.Status == 0x0000  # an identical re-send is fine
         conflict = send_file(assoc, twin[0])
-        assert conflict.Status == 0x0111 and conflict.ErrorComment
+        assert conflict.Status == 0xC002
+        assert "already stored with different content" in \
+            conflict.ErrorComment
     finally:
         assoc.release()
     stored = node.archive.get(_uid_of(first[0]))
@@ -165,3 +171,54 @@ def test_net_node_serves_several_associations_at_once(node, series):
 def _uid_of(path: Path) -> str:
     from pydicom import dcmread
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def test_net_node_answers_a_c_store_without_instance_uid(node, series,
+                                                         caplog):
+    from pydicom import dcmread
+    dataset = dcmread(series[2])
+    dataset.SOPInstanceUID = ""  # pynetdicom then leaves out (0000,1000)
+    assoc = association(node)
+    try:
+        with caplog.at_level(logging.INFO):
+            status = assoc.send_c_store(dataset)
+        assert status.Status == 0xC001
+        assert "no Affected SOP Instance UID" in status.ErrorComment
+        assert send_file(assoc, series[3]).Status == 0x0000
+    finally:
+        assoc.release()
+    server_side = [r for r in caplog.records
+                   if r.threadName.startswith("AcceptorThread")
+                   and r.levelno >= logging.WARNING]
+    assert [r.name for r in server_side] == ["pacsstore.net.handlers"]
+
+
+SOP_CLASSES_PYNETDICOM_LACKS = (
+    "pydicom/palettes/hotiron.dcm",   # Color Palette Storage
+    "pydicom-data/color-pl.dcm",      # Ultrasound Image Storage (retired)
+)
+
+
+@pytest.mark.skipif(not corpus_available(), reason="corpus is absent")
+def test_net_node_stores_classes_pynetdicom_does_not_list(node):
+    files = [describe(CORPUS_ROOT / name)
+             for name in SOP_CLASSES_PYNETDICOM_LACKS]
+    report = send_with_pynetdicom(files, "127.0.0.1", node.port,
+                                  "PACSSTORE")
+    assert report.statuses == {0: len(files)}, report.failed
+    for outgoing in files:
+        assert outgoing.sop_instance_uid in node.archive
+
+
+@pytest.mark.skipif(not corpus_available(), reason="corpus is absent")
+def test_net_pynetdicom_send_goes_on_past_a_file_it_cannot_send(node,
+                                                                series):
+    bad = describe(CORPUS_ROOT / "pynetdicom/CTImageStorage_bad_meta.dcm")
+    good = [describe(path) for path in series[4:6]]
+    report = send_with_pynetdicom([good[0], bad, good[1]], "127.0.0.1",
+                                  node.port, "PACSSTORE")
+    assert report.statuses == {0: 2, -1: 1}
+    assert report.unsent == [bad.path]
+    assert [path for path, _ in report.failed] == [bad.path]
+    for outgoing in good:
+        assert outgoing.sop_instance_uid in node.archive

@@ -12,7 +12,6 @@ the reference there is the file itself.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import struct
@@ -28,12 +27,13 @@ from pacsstore.cli import main as cli
 from pacsstore.net.peers import (OutgoingFile, describe, send_with_pynetdicom,
                                  send_with_storescu, storescu_report)
 from pacsstore.net.contexts import storage_sop_classes
+from pacsstore.net.dcmtk import dcmtk_tool
 
 pytestmark = [
     pytest.mark.network,
     pytest.mark.skipif(not corpus_available(), reason="corpus is absent"),
-    pytest.mark.skipif(shutil.which("storescu") is None
-                       or shutil.which("storescp") is None,
+    pytest.mark.skipif(dcmtk_tool("storescu") is None
+                       or dcmtk_tool("storescp") is None,
                        reason="DCMTK is not installed"),
 ]
 
@@ -170,7 +170,7 @@ def run_storescp(folder: Path, files: list[OutgoingFile]) -> dict[str, bytes]:
     config = folder.parent / "storescp.cfg"
     config.write_text(storescp_config(files), encoding="ascii")
     server = subprocess.Popen(
-        ["storescp", "+B", "-xf", str(config), "Files", "-aet", "REFERENCE",
+        [dcmtk_tool("storescp"), "+B", "-xf", str(config), "Files", "-aet", "REFERENCE",
          "-od", str(folder), str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -293,6 +293,8 @@ def test_net_store_htj2k_comes_back_as_in_the_file(exchange, tmp_path):
 def test_net_store_conflicting_resend_fails_without_dropping(exchange):
     report = exchange["scu"]
     assert [path for path, _ in report.failed] == [exchange["twin"].path]
+    # DCMTK knows the status (0xC002 is in the Cxxx range of PS3.4 B.2.3).
+    assert "Unknown Status" not in report.failed[0][1], report.failed
     assert report.statuses[0] == len(exchange["dcmtk"])
 
 

@@ -4,7 +4,9 @@ DICOM from a real peer, and what comes back is what was sent.
 ``python -m pacsstore.demo`` opens the store (``./pacsstore-data`` unless
 ``--store`` says otherwise), starts the node on a free port of 127.0.0.1,
 sends pydicom's sample files and a generated CT series with DCMTK's
-storescu (pynetdicom where storescu is absent or cannot read a file's
+storescu (found by :func:`pacsstore.net.dcmtk.dcmtk_tool`, which passes
+over pynetdicom's own ``storescu`` script in an activated virtual
+environment; pynetdicom where DCMTK is absent or cannot read a file's
 transfer syntax), lists the studies and series stored, fetches every
 generated slice back and compares its dataset bytes with the file sent,
 prints the throughput, and stops. Sending the same files again is a
@@ -127,12 +129,16 @@ def _exchange(archive: object, node: Node, files: list[OutgoingFile],
     statuses, received = node.counters.snapshot()
     for path, reason in report.failed:
         console.print(f"[yellow]not stored[/]: {path.name}: {reason}")
-    size = sum(f.path.stat().st_size for f in files)
+    # A file the sender could not read never went over the wire.
+    unsent = set(report.unsent)
+    sent = [f for f in files if f.path not in unsent]
+    size = sum(f.path.stat().st_size for f in sent)
     console.print(f"node answered {sum(statuses.values())} C-STOREs: "
                   f"{_describe_statuses(statuses)}")
-    console.print(f"sent {len(files)} instances, {size / 1e6:.1f} MB in "
-                  f"{seconds:.2f} s: {len(files) / seconds:.1f} "
-                  f"instances/s, {size / 1e6 / seconds:.1f} MB/s")
+    console.print(f"sent {len(sent)} instances ({len(unsent)} not sent), "
+                  f"{size / 1e6:.1f} MB in {seconds:.2f} s: "
+                  f"{len(sent) / seconds:.1f} instances/s, "
+                  f"{size / 1e6 / seconds:.1f} MB/s")
     show_contents(archive, console)
     lost = {f.path for f in generated} & {path for path, _ in report.failed}
     if lost:

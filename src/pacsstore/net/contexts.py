@@ -2,17 +2,29 @@
 
 The node keeps every dataset as it arrives, so it needs no codec to accept
 a transfer syntax: it offers every storage SOP class with every transfer
-syntax whose datasets it can file, compressed or not. The list is explicit
-rather than taken from pydicom alone, because pydicom leaves out syntaxes
-that real modalities still send (the retired JPEG processes, Deflated Image
-Frame Compression, JPIP and JPEG XL).
+syntax whose datasets it can file, compressed or not. The syntax list is
+explicit rather than taken from pydicom alone, because pydicom leaves out
+syntaxes that real modalities still send (the retired JPEG processes,
+Deflated Image Frame Compression, JPIP and JPEG XL).
+
+The SOP classes are every storage SOP class of pydicom's UID dictionary,
+current and retired, joined with pynetdicom's list: pynetdicom's list
+alone leaves out classes that file ingest stores (Color Palette, Hanging
+Protocol, the retired Ultrasound Image Storage, ...), and an archive
+should take over the network what it takes from disk. As an acceptor the
+node may support any number of them; the 128-context limit of PS3.8 9.3.2
+binds what one association request proposes, not what an SCP accepts.
 """
 
 from __future__ import annotations
 
+# pydicom has no public list of its UIDs; UID.name and UID.type read
+# this same table.
+from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import AllTransferSyntaxes
-from pynetdicom import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification
+from pynetdicom import AllStoragePresentationContexts, register_uid
+from pynetdicom.service_class import ServiceClass, StorageServiceClass
+from pynetdicom.sop_class import Verification, uid_to_service_class
 
 # Transfer syntaxes pydicom 3.0 does not list (PS3.6 Table A-1).
 EXTRA_TRANSFER_SYNTAXES = (
@@ -48,9 +60,45 @@ def storable_transfer_syntaxes() -> list[str]:
                         if uid not in preferred]
 
 
+# SOP classes with "Storage" in their name that no C-STORE carries: the
+# storage commitment services (N-ACTION, N-EVENT-REPORT), and the
+# DICOMDIR, which names a file-set on media (PS3.10) and which the
+# archive refuses anyway.
+NOT_STORAGE_PREFIXES = ("Storage Commitment",)
+NOT_STORAGE_UIDS = frozenset({"1.2.840.10008.1.3.10"})
+
+
+def _is_storage(uid: str, entry: tuple[str, ...]) -> bool:
+    name, kind = entry[0], entry[1]
+    return (kind == "SOP Class" and "Storage" in name
+            and not name.startswith(NOT_STORAGE_PREFIXES)
+            and uid not in NOT_STORAGE_UIDS)
+
+
 def storage_sop_classes() -> list[str]:
-    """The storage SOP classes pynetdicom knows (PS3.4 B.5)."""
-    return [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    """Every storage SOP class pydicom or pynetdicom knows, current and
+    retired (PS3.4 B.5, PS3.6 A), in pydicom's dictionary order."""
+    known = [uid for uid, entry in UID_dictionary.items()
+             if _is_storage(uid, entry)]
+    known += [str(cx.abstract_syntax)
+              for cx in AllStoragePresentationContexts]
+    return list(dict.fromkeys(known))
+
+
+def register_storage_classes() -> None:
+    """Tell pynetdicom that the storage SOP classes it does not know are
+    served by its Storage Service Class.
+
+    Accepting a context is not enough: pynetdicom picks the service for a
+    request by its SOP class, and for an unknown one it answers without
+    calling the C-STORE handler. The registration is process-wide in
+    pynetdicom, and doing it twice is harmless.
+    """
+    for uid in storage_sop_classes():
+        if uid_to_service_class(uid) is ServiceClass:
+            keyword = (UID_dictionary[uid][4]
+                       or "Storage_" + uid.replace(".", "_"))
+            register_uid(uid, keyword, StorageServiceClass)
 
 
 def verification_sop_class() -> str:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.events import Event
 
 from pacsstore.errors import NotStorableError, PacsstoreError
@@ -56,7 +58,8 @@ class ReceiveCounters:
 
 
 def handle_conn_open(event: Event) -> None:
-    """Turn off Nagle's algorithm on each accepted socket.
+    """Turn off Nagle's algorithm on each accepted socket, and put the
+    C-STORE command check in front of pynetdicom's own DIMSE handlers.
 
     A C-STORE response is a small PDU that the peer waits for before it
     sends the next instance; with Nagle on, it can sit for a delayed-ACK
@@ -66,6 +69,40 @@ def handle_conn_open(event: Event) -> None:
     sock = event.assoc.dul.socket.socket
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _bind_first(event.assoc, evt.EVT_DIMSE_RECV, handle_dimse_recv)
+
+
+def _bind_first(assoc: Any, event: Any, handler: Any) -> None:
+    """Bind ``handler`` to ``event`` ahead of the handlers bound already:
+    pynetdicom calls them in order and stops at the first that raises."""
+    bound = [entry for entry in assoc.get_handlers(event)
+             if entry[0] is not handler]
+    for function, _ in bound:
+        assoc.unbind(event, function)
+    assoc.bind(event, handler)
+    for function, args in bound:
+        assoc.bind(event, function, args)
+
+
+# Stands in for an absent or empty Affected SOP Instance UID; "0.0" is
+# well formed (pynetdicom checks) and no registered root issues it.
+MISSING_UID = "0.0"
+
+
+def handle_dimse_recv(event: Event) -> None:
+    """Mark a C-STORE-RQ whose Affected SOP Instance UID (0000,1000) is
+    absent or empty with :data:`MISSING_UID`.
+
+    pynetdicom takes such a request for no request at all: its logging
+    handler fails on it with a traceback and the request is dropped
+    unanswered, so the peer waits out its DIMSE timeout. Marked, the
+    request reaches :class:`StoreHandler`, which refuses it with a status
+    (whose Affected SOP Instance UID echoes the mark).
+    """
+    message = event.message
+    if (isinstance(message, C_STORE_RQ)
+            and not message.command_set.get("AffectedSOPInstanceUID")):
+        message.command_set.AffectedSOPInstanceUID = MISSING_UID
 
 
 def handle_echo(event: Event) -> int:
@@ -96,6 +133,10 @@ class StoreHandler:
         syntax = str(event.context.transfer_syntax)
         sop_class = str(request.AffectedSOPClassUID)
         sop_instance = str(request.AffectedSOPInstanceUID)
+        if sop_instance == MISSING_UID:
+            return self._fail(NotStorableError(
+                "the C-STORE request has no Affected SOP Instance UID"),
+                "(no UID)", event)
         try:
             result = self.archive.store_received(
                 data, syntax, sop_class_uid=sop_class,

@@ -18,7 +18,8 @@ from types import TracebackType
 from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
-from pacsstore.net.contexts import (storable_transfer_syntaxes,
+from pacsstore.net.contexts import (register_storage_classes,
+                                    storable_transfer_syntaxes,
                                     storage_sop_classes,
                                     verification_sop_class)
 from pacsstore.net.handlers import (ReceiveCounters, ReceivingArchive,
@@ -60,7 +61,7 @@ class Node:
     def __init__(self, archive: ReceivingArchive, *,
                  ae_title: str = DEFAULT_AE_TITLE, port: int = DEFAULT_PORT,
                  host: str = DEFAULT_HOST) -> None:
-        _check_ae_title(ae_title)
+        check_ae_title(ae_title)
         self.archive = archive
         self.ae_title = ae_title
         self.host = host
@@ -115,6 +116,7 @@ class Node:
         ae.dimse_timeout = DIMSE_TIMEOUT
         ae.require_called_aet = False
         syntaxes = storable_transfer_syntaxes()
+        register_storage_classes()
         for sop_class in storage_sop_classes():
             ae.add_supported_context(sop_class, syntaxes)
         ae.add_supported_context(verification_sop_class(), syntaxes[:2])
@@ -139,7 +141,7 @@ class Node:
         self.stop()
 
 
-def _check_ae_title(title: str) -> None:
+def check_ae_title(title: str) -> None:
     """PS3.5 6.2: an AE title is 1-16 characters of the default repertoire,
     without backslash or control characters, not all spaces."""
     if not 1 <= len(title) <= 16 or not title.strip():

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
 import warnings
@@ -25,6 +24,8 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+
+from pacsstore.net.dcmtk import dcmtk_tool
 
 logger = logging.getLogger(__name__)
 
@@ -55,13 +56,32 @@ class OutgoingFile:
 
 @dataclass
 class SendReport:
-    """Statuses of a send: status code -> count, and the failures."""
+    """Statuses of a send: status code -> count, and the failures.
+
+    A status of -1 is a file that got no status from the peer. The files
+    among them that were never sent at all (the sender could not read
+    them, or the peer accepted no context for them) are also in
+    ``unsent``, so that a count of what went over the wire can leave them
+    out.
+    """
 
     statuses: dict[int, int] = field(default_factory=dict)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    unsent: list[Path] = field(default_factory=list)
 
     def add(self, status: int, count: int = 1) -> None:
         self.statuses[status] = self.statuses.get(status, 0) + count
+
+    def not_sent(self, path: Path, reason: str) -> None:
+        self.add(-1)
+        self.failed.append((path, reason))
+        self.unsent.append(path)
+
+    def merge(self, other: SendReport) -> None:
+        for code, count in other.statuses.items():
+            self.add(code, count)
+        self.failed += other.failed
+        self.unsent += other.unsent
 
 
 def describe(path: Path) -> OutgoingFile | None:
@@ -106,7 +126,7 @@ def storescu_config(files: Sequence[OutgoingFile]) -> str:
 
 
 def storescu_available() -> bool:
-    return shutil.which("storescu") is not None
+    return dcmtk_tool("storescu") is not None
 
 
 def send_with_storescu(files: Sequence[OutgoingFile], host: str, port: int,
@@ -114,11 +134,14 @@ def send_with_storescu(files: Sequence[OutgoingFile], host: str, port: int,
                        ) -> subprocess.CompletedProcess[str]:
     """Send ``files`` in one association; storescu goes on past failures
     (``--no-halt``). Nagle is off on its socket (TCP_NODELAY=1)."""
+    storescu = dcmtk_tool("storescu")
+    if storescu is None:
+        raise FileNotFoundError("DCMTK's storescu is not on PATH")
     env = dict(os.environ, TCP_NODELAY="1")
     with tempfile.TemporaryDirectory(prefix="pacsstore-scu-") as scratch:
         config = Path(scratch) / "storescu.cfg"
         config.write_text(storescu_config(files), encoding="ascii")
-        command = ["storescu", "--verbose", "--no-halt",
+        command = [storescu, "--verbose", "--no-halt",
                    "-xf", str(config), "Files", "-aet", calling_ae,
                    "-aec", called_ae, "--max-pdu", "131072", host,
                    str(port), *(str(f.path) for f in files)]
@@ -168,7 +191,16 @@ def raw_file_sending() -> Iterator[None]:
 
 def _send_one(assoc: object, outgoing: OutgoingFile,
               report: SendReport) -> None:
-    status = assoc.send_c_store(outgoing.path)  # type: ignore[attr-defined]
+    try:
+        status = assoc.send_c_store(  # type: ignore[attr-defined]
+            outgoing.path)
+    except (AttributeError, ValueError, OSError) as error:
+        # pynetdicom reads the file before sending anything: a missing
+        # file meta element is an AttributeError, an unreadable or odd
+        # file a ValueError or OSError. Only this file is lost.
+        report.not_sent(outgoing.path, f"pynetdicom cannot send it: "
+                                       f"{error}")
+        return
     code = int(status.Status) if "Status" in status else -1
     report.add(code)
     if code != 0x0000:
@@ -188,10 +220,7 @@ def send_files(files: Sequence[OutgoingFile], host: str, port: int,
         result = send_with_storescu(by_dcmtk, host, port, called_ae)
         storescu_report(result, by_dcmtk, report)
     if rest:
-        other = send_with_pynetdicom(rest, host, port, called_ae)
-        for code, count in other.statuses.items():
-            report.add(code, count)
-        report.failed += other.failed
+        report.merge(send_with_pynetdicom(rest, host, port, called_ae))
     return report
 
 
@@ -215,10 +244,12 @@ def storescu_report(result: subprocess.CompletedProcess[str],
             _tally(report, current, "store failed")
         elif "No presentation context for:" in line:
             answered += 1  # the peer accepted no context for its SOP class
-            _tally(report, current, "no accepted presentation context")
+            report.not_sent(current or Path("?"), "storescu: no accepted "
+                                                  "presentation context")
         elif "Bad DICOM file:" in line:
             answered += 1  # storescu could not read it, sent nothing
-            _tally(report, current, "DCMTK cannot read the file")
+            report.not_sent(current or Path("?"),
+                            "storescu: DCMTK cannot read the file")
     if answered < len(files):
         raise ConnectionError(
             f"storescu answered {answered} of {len(files)} files "

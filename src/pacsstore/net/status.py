@@ -4,23 +4,33 @@ errors to them.
 A failed C-STORE must reach the peer as a status it can act on, with an
 Error Comment a person can read, and the association must stay up: a
 modality that loses its association mid-study retries the whole study.
-The codes follow PS3.4 B.2.3 (Storage Service Class statuses) and PS3.7
-Annex C (general statuses):
+The codes are those PS3.4 B.2.3 allows a C-STORE response (Storage
+Service Class statuses, plus the general 0x0110 of PS3.7 C). "Error:
+Cannot understand" is the range 0xC000-0xCFFF, whose values an
+implementation assigns; pacsstore uses three of them so that a peer's
+log tells the causes apart:
 
 =========================  ======  =====================================
 pacsstore error            status  meaning
 =========================  ======  =====================================
 (stored, duplicate, ...)   0x0000  Success
-MalformedDicomError        0xC000  Error: cannot understand
+MalformedDicomError        0xC000  Error: cannot understand (the dataset
+                                   cannot be walked)
 NotStorableError           0xC001  Error: cannot understand (nothing to
                                    file the dataset under)
+ConflictError              0xC002  Error: cannot understand (the SOP
+                                   Instance UID is stored with other
+                                   content, policy ``reject``)
 DatasetMismatchError       0xA900  Error: data set does not match SOP
-                                   class (PS3.4 B.2.3, also used for a
-                                   mismatched SOP Instance UID)
-ConflictError              0x0111  Failure: duplicate SOP instance
+                                   class (also used for a mismatched
+                                   SOP Instance UID)
 OutOfSpaceError, ENOSPC    0xA700  Refused: out of resources
 CorruptStoreError, other   0x0110  Failure: processing failure
 =========================  ======  =====================================
+
+PS3.7 C's 0x0111 (Duplicate SOP Instance) is an N-CREATE status, not a
+C-STORE one: DCMTK shows it as "Unknown Status", so a conflict gets
+0xC002 instead.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ SUCCESS = 0x0000
 CANNOT_UNDERSTAND = 0xC000
 NOT_STORABLE = 0xC001
 DATASET_MISMATCH = 0xA900
-DUPLICATE_SOP_INSTANCE = 0x0111
+CONFLICTING_RESEND = 0xC002
 OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
 
@@ -56,7 +66,7 @@ def status_code(error: BaseException) -> int:
     if isinstance(error, NotStorableError):
         return NOT_STORABLE
     if isinstance(error, ConflictError):
-        return DUPLICATE_SOP_INSTANCE
+        return CONFLICTING_RESEND
     if isinstance(error, OutOfSpaceError):
         return OUT_OF_RESOURCES
     if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
@@ -64,8 +74,15 @@ def status_code(error: BaseException) -> int:
     return PROCESSING_FAILURE
 
 
+# ConflictError's message starts with the UID, which a long UID would
+# push the point out of; the peer knows the UID from its own request.
+CONFLICT_COMMENT = "SOP Instance UID already stored with different content"
+
+
 def error_comment(error: BaseException) -> str:
     """The error's message cut to fit an Error Comment (LO, ASCII)."""
+    if isinstance(error, ConflictError):
+        return CONFLICT_COMMENT
     text = str(error) or type(error).__name__
     text = text.encode("ascii", "replace").decode("ascii")
     text = text.replace("\\", "/")  # backslash separates LO values
