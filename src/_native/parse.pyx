@@ -669,8 +669,9 @@ cdef str infer_syntax(const unsigned char* buf, Py_ssize_t size,
     return EXPLICIT_VR_LITTLE_ENDIAN
 
 
-cdef object int_or_none(object raw):
-    """An IS value as pydicom reads it, or None when it is no integer."""
+def integer_string(raw):
+    """An IS value as pydicom reads it, or None when it is empty or no
+    integer (the Python layer decodes IS attributes with it too)."""
     if raw is None:
         return None
     text = raw.decode("ascii", "replace").strip(" \x00")
@@ -892,7 +893,7 @@ cdef PixelLayout pixel_layout(Walk* w, dict attributes, dict raw_tables):
     layout.value_length = w.pixel_length
     layout.encapsulated = w.pixel_length < 0
     layout.truncated = w.pixel_truncated
-    frames = int_or_none(attributes.get("NumberOfFrames"))
+    frames = integer_string(attributes.get("NumberOfFrames"))
     # An IS may spell any integer ("1e300" is one); no buffer holds more
     # frames than PY_SSIZE_T_MAX, so larger counts compare the same
     # clamped to it.

@@ -108,3 +108,7 @@ class ParseResult:
     truncated: bool
 
 def parse(buffer: Buffer, transfer_syntax: str | None = None) -> ParseResult: ...
+
+def integer_string(raw: bytes | None) -> int | None:
+    """An IS value as pydicom reads it ("12", " 3 ", "1.0"); None when it
+    is empty or not an integer ("1A", "1.5", "inf")."""

@@ -26,7 +26,8 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.values import convert_PN
 from pydicom.valuerep import PersonName, TEXT_VR_DELIMS
 
-from pacsstore._parse import ParseResult, PixelLayout, parse
+from pacsstore._parse import (ParseResult, PixelLayout, integer_string,
+                              parse)
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def decode_value(keyword: str, raw: bytes | int,
         return raw
     vr = _VR.get(keyword, "LO")
     if vr == "IS":
-        return _integer_string(raw)
+        return integer_string(raw)
     if vr == "PN":
         values = _person_names(raw, encodings)
     elif vr in _CHARSET_VRS:
@@ -163,20 +164,6 @@ def _charset_encodings(raw: bytes) -> tuple[str, ...]:
     terms = [term.strip(" \x00") for term in
              raw.decode(_DEFAULT_ENCODING).split("\\")]
     return tuple(convert_encodings(terms))
-
-
-def _integer_string(raw: bytes) -> int | None:
-    """An IS value as an int; None when empty or not an integer."""
-    text = raw.decode(_DEFAULT_ENCODING).strip(" \x00")
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return int(number) if number.is_integer() else None
 
 
 def _text_or_none(value: Value) -> str | None:
