@@ -1,0 +1,3 @@
+from pacsstore.cli import main
+
+main()

@@ -1,0 +1,114 @@
+"""``pacsstore serve``: run the DICOM node until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from pacsstore.cli.app import (_errors_as_messages, _open_archive,
+                               _stop_on_signals, main)
+from pacsstore.errors import PacsstoreError
+
+logger = logging.getLogger(__name__)
+
+# How often serve looks at its stop flag; signals interrupt the wait
+# anyway, the timeout only bounds the worst case.
+SIGNAL_POLL_SECONDS = 0.5
+
+
+def _ae_title(ctx: click.Context, param: click.Parameter,
+              value: str) -> str:
+    """Check --ae-title before anything is opened or bound."""
+    from pacsstore.net.node import check_ae_title
+
+    try:
+        check_ae_title(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from error
+    return value
+
+
+@main.command()
+@click.option("--ae-title", default="PACSSTORE", show_default=True,
+              callback=_ae_title,
+              help="1-16 characters, no backslash, not all spaces.")
+
+
+@click.option("--port", type=click.IntRange(0, 65535), default=11112,
+              show_default=True, help="TCP port; 0 picks a free one.")
+
+
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind; 0.0.0.0 for every interface.")
+
+
+@click.option("--on-conflict",
+              type=click.Choice(["reject", "replace", "keep-first"]),
+              default="reject", show_default=True)
+
+
+@click.pass_obj
+def serve(store: Path, ae_title: str, port: int, host: str,
+          on_conflict: str) -> None:
+    """Run the DICOM node (C-ECHO, C-STORE) until SIGINT or SIGTERM."""
+    from pacsstore.net import Node
+
+    stop = threading.Event()
+    with _errors_as_messages(), _removed_if_left_empty(store), \
+            _open_archive(store, readonly=False,
+                          on_conflict=on_conflict) as archive:
+        node = Node(archive, ae_title=ae_title, port=port, host=host)
+        with _stop_on_signals(stop):
+            with _bind_errors(host, port):
+                node.start()
+            try:
+                click.echo(f"pacsstore: listening on {host}:{node.port} "
+                           f"as {ae_title}, store {store}")
+                sys.stdout.flush()
+                while not stop.wait(SIGNAL_POLL_SECONDS):
+                    pass
+            finally:
+                node.stop()
+    statuses, received = node.counters.snapshot()
+    click.echo(f"pacsstore: stopped; received {sum(statuses.values())} "
+               f"instances ({received / 1e6:,.1f} MB): {statuses}")
+
+
+@contextlib.contextmanager
+def _removed_if_left_empty(store: Path) -> Iterator[None]:
+    """Remove the store again when the block fails, if the block created
+    it and it holds no instance: a serve that cannot listen must not
+    leave an empty store behind for the next command to trip on."""
+    existed = store.exists()
+    try:
+        yield
+    except (click.ClickException, PacsstoreError):
+        if not existed and _holds_nothing(store):
+            shutil.rmtree(store, ignore_errors=True)
+        raise
+
+
+def _holds_nothing(store: Path) -> bool:
+    from pacsstore import Archive
+
+    try:
+        with Archive(store, readonly=True) as archive:
+            return archive.stats().instances == 0
+    except (PacsstoreError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def _bind_errors(host: str, port: int) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {error.strerror}") from error
