@@ -14,11 +14,14 @@ a study is not moved to another patient by one stray instance.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lmdb
 
 from pacsstore.store.index import Index
+
+log = logging.getLogger(__name__)
 
 PATIENT_KEYS = ("PatientID", "PatientName", "IssuerOfPatientID",
                 "PatientBirthDate", "PatientSex")
@@ -65,12 +68,35 @@ def _merge(old: dict[str, Any] | None, attributes: dict[str, Any],
     return merged
 
 
+def _study_patient(index: Index, txn: lmdb.Transaction,
+                   names: dict[str, str]) -> str:
+    """The patient the study belongs to: its first instance's. An
+    instance that names another patient is stored and found under its
+    own UIDs, but it neither moves the study nor creates or edits a
+    patient of its own (which would leave that patient with no studies,
+    or put one patient's name on another's record)."""
+    study = index.record(txn, "study", names["study"])
+    if study is None:
+        return names["patient"]
+    owner = study.get("PatientID", names["patient"])
+    if owner != names["patient"]:
+        log.warning("instance %s names patient %r but its study %s belongs "
+                    "to patient %r; the study stays with %r",
+                    names["instance"], names["patient"], names["study"],
+                    owner, owner)
+    return owner
+
+
 def link_instance(index: Index, txn: lmdb.Transaction,
                   record: dict[str, Any]) -> None:
     """Create or refresh the patient, study and series of ``record``."""
     names = _names(record)
     attributes = record["attributes"]
-    for level in ("patient", "study", "series"):
+    owner = _study_patient(index, txn, names)
+    levels = ("patient", "study", "series")
+    if owner != names["patient"]:
+        levels, names["patient"] = ("study", "series"), owner
+    for level in levels:
         old = index.record(txn, level, names[level])
         merged = _merge(old, attributes, level)
         merged[UID_OF[level]] = names[level]
