@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pacsstore._parse import parse
+from pacsstore.errors import PacsstoreError
 from pacsstore.net import Node
 from pacsstore.net.peers import OutgoingFile, describe, send_files
 from pacsstore.synthetic import write_ct_series
@@ -177,9 +178,16 @@ def main(store: Path, slices: int, port: int, verbose: bool) -> None:
     if not verbose:
         # pydicom logs every oddity of its own deliberately odd samples.
         logging.getLogger("pydicom").setLevel(logging.ERROR)
-    console = Console()
+    # Off a terminal (a log file, CI) rich would wrap at 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(f"pacsstore demo: store {store.resolve()}")
-    if not run(store, slices, port, console):
+    try:
+        passed = run(store, slices, port, console)
+    except (PacsstoreError, OSError) as error:
+        # A store path that is no store, a port in use: one line, as the
+        # pacsstore command reports them.
+        raise click.ClickException(str(error)) from error
+    if not passed:
         sys.exit(1)
     console.print("demo finished")
 

@@ -111,7 +111,8 @@ def _range(keyword: str, vr: str, value: str) -> Range:
         raise QueryError(
             f"{keyword} is {vr}: expected {_FORM[vr]} (or a leading part "
             f"of it), a range D1-D2, -D2 or D1-, or a wildcard pattern; "
-            f"found {value!r} (UTC offsets are not supported)")
+            f"found {value!r}"
+            + (" (UTC offsets are not supported)" if vr == "DT" else ""))
     low_bound, high_bound = bounds[0] or None, bounds[1] or None
     if low_bound and high_bound and low_bound[:len(high_bound)] > high_bound:
         raise QueryError(f"{keyword}: the range {value!r} ends before it "
