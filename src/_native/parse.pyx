@@ -346,7 +346,8 @@ cdef Py_ssize_t skip_items(Walk* w, Py_ssize_t pos,
         length = rd32(w.buf + pos + 4, little)
         if length == UNDEFINED or length > w.size - pos - 8:
             return -2
-        pos += 8 + length
+        # In 64 bits: 8 + a 32-bit length near 2**32 wraps to 0 in 32.
+        pos += 8 + <Py_ssize_t>length
 
 
 cdef Py_ssize_t skip_undefined_value(Walk* w, Py_ssize_t pos,
@@ -434,7 +435,7 @@ cdef Py_ssize_t walk_sequence(Walk* w, Py_ssize_t pos, bint implicit,
             return fail(w, "item value runs past the end of the data", pos,
                         tag, True, length, w.size - pos - 8)
         else:
-            pos += 8 + length
+            pos += 8 + <Py_ssize_t>length  # 64-bit: no wrap
 
 
 cdef Py_ssize_t walk_undefined(Walk* w, Header* h, Py_ssize_t value,
@@ -753,7 +754,7 @@ cdef list item_fragments(Walk* w, Py_ssize_t pos, Py_ssize_t end,
             break
         offsets.append(pos + 8)
         lengths.append(length)
-        pos += 8 + length
+        pos += 8 + <Py_ssize_t>length  # 64-bit: no wrap
     return offsets
 
 
