@@ -86,3 +86,17 @@ def test_recovery_drops_a_segment_started_by_an_uncommitted_batch(
     with Archive(store) as archive:
         assert not orphan.exists()
         assert archive.get(uid) == data
+
+
+def test_recovery_leaves_files_that_are_not_segments_alone(tmp_path):
+    store = tmp_path / "store"
+    data = corpus_bytes(CT_SMALL)
+    with Archive(store) as archive:
+        uid = archive.store(data).sop_instance_uid
+    stranger = store / "segments" / "notes.seg"
+    stranger.write_bytes(b"kept by someone else")
+
+    with Archive(store) as archive:
+        assert archive.get(uid) == data
+        archive.store(corpus_bytes(MR_SMALL))
+    assert stranger.read_bytes() == b"kept by someone else"

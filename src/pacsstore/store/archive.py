@@ -66,6 +66,7 @@ from pacsstore.store.reader import InstanceReader, open_stream
 from pacsstore.store.results import ArchiveStats, StoreResult
 from pacsstore.store.segments import (
     DEFAULT_MAX_SIZE,
+    fsync_directory,
     SegmentReader,
     SegmentWriter,
 )
@@ -210,6 +211,12 @@ class Archive:
             lengths = writer.start_first_segment()
             self._index.write(
                 lambda txn: self._index.put_segments(txn, lengths))
+            # The names of a new store's files must survive a power loss
+            # too: LMDB syncs its data, not the directory entries of
+            # data.mdb, nor the store's own entries for index/ and
+            # segments/ (a no-op cost after the first open).
+            for directory in (self.path / "index", self.path):
+                fsync_directory(directory)
         self._committer = Committer(self._index, writer, self._preparer,
                                     self.on_conflict)
 
@@ -407,8 +414,11 @@ class _Pipeline:
                 for item in items:
                     position = len(self.results)
                     self.results.append(None)
+                    # Snapshot caller-owned buffers here, before the
+                    # loop asks the iterable for the next item.
                     self.preparing.append(
-                        (position, pool.submit(self.archive._prepare, item)))
+                        (position, pool.submit(self.archive._prepare,
+                                               _snapshot(item))))
                     while len(self.preparing) > 2 * PREPARE_WORKERS:
                         self._forward_oldest()
                 while self.preparing:
@@ -468,8 +478,10 @@ class _Pipeline:
 
 
 def _as_bytes(data: StoreInput) -> bytes | memoryview:
-    if isinstance(data, (bytes, memoryview)):
+    if isinstance(data, bytes):
         return data
+    if isinstance(data, memoryview):
+        return _owned_view(data)
     if isinstance(data, bytearray):
         return bytes(data)
     if isinstance(data, Dataset):
@@ -483,6 +495,30 @@ def _as_bytes(data: StoreInput) -> bytes | memoryview:
     raise NotStorableError(
         f"store() takes bytes, a path or a pydicom Dataset; found "
         f"{type(data).__name__}")
+
+
+def _snapshot(data: StoreInput) -> StoreInput:
+    """``data`` as it is now, when the caller may change it once the
+    loop moves on: a buffer it refills, a Dataset it edits and yields
+    again. Paths are read later, in the prepare pool."""
+    if isinstance(data, (bytearray, memoryview, Dataset)):
+        return _as_bytes(data)
+    return data
+
+
+def _owned_view(view: memoryview) -> bytes | memoryview:
+    """A view of bytes nobody can change while the store runs.
+
+    Prepare digests the blocks, then compresses them, then the record
+    digests the file, each a separate read of the buffer; store_many
+    runs it in a pool while the caller's loop already fills the next
+    item. A view of a buffer the caller may reuse (a numpy array, a
+    bytearray, a mmap) would name a block by one content and store
+    another, so it is copied first, like a bytearray. A non-contiguous
+    view is left for prepare to refuse with its own message."""
+    if isinstance(view.obj, bytes) or not view.c_contiguous:
+        return view
+    return view.tobytes()
 
 
 def _dataset_bytes(ds: Dataset) -> bytes:

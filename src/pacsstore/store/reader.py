@@ -54,8 +54,9 @@ class InstanceReader:
         """Content of block ``position``: 0 is the header block, 1.. the
         frame blocks."""
         entry = self._entries[position]
-        _, content = self._segments.read(entry.segment, entry.offset,
-                                         expect=self._names[position])
+        _, content = self._segments.read(
+            entry.segment, entry.offset, expect=self._names[position],
+            stored_length=entry.stored_length)
         return content
 
     def header(self) -> bytes:

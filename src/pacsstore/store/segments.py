@@ -89,7 +89,7 @@ def check_segment_header(raw: bytes, number: int, where: str) -> None:
             f"{number}")
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -112,6 +112,18 @@ class _Pending:
     start: int
     chunks: list[bytes] = field(default_factory=list)
     created: bool = False
+
+
+def _segment_files(directory: Path) -> dict[int, Path]:
+    """The segment files of ``directory`` by number. Other files are left
+    alone (and said so): they are not the store's to judge or remove."""
+    found = {}
+    for path in directory.glob("*.seg"):
+        if path.stem.isdigit():
+            found[int(path.stem)] = path
+        else:
+            log.warning("ignoring %s: not a segment file name", path)
+    return found
 
 
 class SegmentWriter:
@@ -137,7 +149,7 @@ class SegmentWriter:
         index is older than the segments (restored from a backup), and
         then they hold acknowledged data that a rebuild of the index
         from the segments can still find."""
-        on_disk = {int(p.stem): p for p in self.directory.glob("*.seg")}
+        on_disk = _segment_files(self.directory)
         self._check_unknown_segments(on_disk)
         for number, path in sorted(on_disk.items()):
             if number not in self.committed:
@@ -172,7 +184,7 @@ class SegmentWriter:
             shutil.copyfileobj(source, copy)
             copy.flush()
             os.fsync(copy.fileno())
-        _fsync_directory(aside)
+        fsync_directory(aside)
 
     def _check_unknown_segments(self, on_disk: dict[int, Path]) -> None:
         """A store is registered with its first segment before any block
@@ -227,10 +239,13 @@ class SegmentWriter:
         path = segment_path(self.directory, number)
         try:
             with open(path, "xb") as handle:
+                # Registered before the header is written: a file whose
+                # header did not fit is the batch's, and rollback removes
+                # it (left behind, it would fail every later "xb" open).
+                self._pending_for(number).created = True
                 handle.write(_segment_header(number))
         except OSError as exc:
             _raise_for_os_error(exc, f"creating {path}")
-        self._pending_for(number).created = True
         self._current, self._end = number, HEADER_SIZE
 
     @property
@@ -246,7 +261,7 @@ class SegmentWriter:
             lengths[number] = self._write(number, pending)
             created = created or pending.created
         if created:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
         return lengths
 
     def _write(self, number: int, pending: _Pending) -> int:
@@ -337,14 +352,23 @@ class SegmentReader:
         return blocks.parse_header(raw, where), raw
 
     def read(self, number: int, offset: int,
-             expect: bytes | None = None) -> tuple[BlockHeader, bytes]:
-        """The verified content of the block at (segment, offset)."""
+             expect: bytes | None = None,
+             stored_length: int | None = None) -> tuple[BlockHeader, bytes]:
+        """The verified content of the block at (segment, offset);
+        ``expect`` and ``stored_length`` are what the index says of it."""
         header, raw = self.read_header(number, offset)
         where = f"segment {number} offset {offset}"
         if expect is not None and header.digest != expect:
             raise CorruptStoreError(
                 f"block at {where} is {header.digest.hex()}, the index "
                 f"expected {expect.hex()}")
+        # The header's CRC covers the payload, so it can only be checked
+        # after the read; a damaged length must not size that read.
+        if stored_length is not None and \
+                header.stored_length != stored_length:
+            raise CorruptStoreError(
+                f"block at {where} claims {header.stored_length} payload "
+                f"bytes, the index recorded {stored_length}")
         with self._reading():
             payload = os.pread(self._fd(number), header.stored_length,
                                offset + blocks.HEADER_SIZE)
