@@ -7,8 +7,6 @@ from __future__ import annotations
 import errno
 import threading
 
-import pytest
-
 from pacsstore import Archive, PacsstoreError
 from test_store_support import CT_SMALL, MR_SMALL, corpus_bytes
 
