@@ -73,7 +73,7 @@ def result_for(record: dict[str, Any], status: str, *, written: int = 0,
 
 def same_content(stored: dict[str, Any], new: dict[str, Any]) -> bool:
     """The re-send test (see policy.py): dataset bytes and syntax."""
-    return (stored["dataset_sha256"] == new["dataset_sha256"]
+    return (stored["content_sha256"] == new["content_sha256"]
             and stored["transfer_syntax"] == new["transfer_syntax"])
 
 

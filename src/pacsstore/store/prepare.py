@@ -16,6 +16,7 @@ still true when the committer applies the instance.
 from __future__ import annotations
 
 import hashlib
+import struct
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,9 @@ from pacsstore.store import blocks, layout
 from pacsstore.store.blocks import EncodedBlock, Kind
 from pacsstore.store.index import MAX_KEY_BYTES, Index, dumps
 
+# A cut in the content digest: offset in the dataset, length, block,
+# offset in the block.
+_CUT = struct.Struct("<QQQQ")
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 _META_SOP_CLASS = 0x00020002
@@ -88,6 +92,9 @@ class Preparer:
         parts = layout.split(buffer, result.pixel, deflated)
         record = _record(buffer, result, attributes, parts, source_ae)
         prepared = _blocks_of(uid, record, parts)
+        record["content_sha256"] = _content_digest(
+            parts, prepared.digests[1:], result.transfer_syntax,
+            result.dataset_offset)
         self._compress_missing(prepared, parts)
         return prepared
 
@@ -246,8 +253,6 @@ def _record(buffer: bytes | memoryview, result: Any,
         "series": _text(attributes, "SeriesInstanceUID"),
         "size": len(view),
         "sha256": hashlib.sha256(view).hexdigest(),
-        "dataset_sha256": hashlib.sha256(
-            view[result.dataset_offset:]).hexdigest(),
         "layout": parts.layout,
         "frames": parts.frame_count,
         "frame_bits": parts.frame_bits,
@@ -256,6 +261,28 @@ def _record(buffer: bytes | memoryview, result: Any,
         "source_ae": source_ae,
         "attributes": {k: _jsonable(v) for k, v in attributes.items()},
     }
+
+
+def _content_digest(parts: layout.Split, frame_digests: list[bytes],
+                    transfer_syntax: str, dataset_offset: int) -> str:
+    """The identity of the dataset as sent, for the re-send test.
+
+    Two sends are the same instance when their datasets are the same
+    bytes in the same transfer syntax; the file meta in front does not
+    count (the node writes a new one each time). The dataset's bytes are
+    exactly its header part (no cut lies in the meta), the cuts relative
+    to the dataset's start, and the frame blocks; hashing those, with
+    the frame digests already taken, spares the pixel data a third pass
+    of SHA-256 on the ingest path."""
+    identity = hashlib.sha256(transfer_syntax.encode("ascii") + b"\0")
+    header = memoryview(parts.header)[dataset_offset:]
+    identity.update(hashlib.sha256(header).digest())
+    for cut in parts.cuts:
+        identity.update(_CUT.pack(cut.file_offset - dataset_offset,
+                                  cut.length, cut.block, cut.block_offset))
+    for name in frame_digests:
+        identity.update(name)
+    return identity.hexdigest()
 
 
 def _blocks_of(uid: str, record: dict[str, Any],
