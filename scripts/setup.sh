@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepare a checkout of pacsstore to run: DCMTK and a build toolchain from
+# Prepare a checkout of pacsstore to run: DCMTK, Orthanc and a build toolchain from
 # apt where missing, a virtual environment in .venv, and an editable
 # install of pacsstore with its test extras (which compiles the native
 # core). Idempotent: a second run only checks, unless the build inputs
@@ -15,6 +15,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 
 missing_packages() {
     command -v storescu >/dev/null || echo dcmtk
+    # Orthanc is the peer of the Q/R interoperability tests and benchmarks.
+    command -v Orthanc >/dev/null || echo orthanc
     command -v python3 >/dev/null || echo python3
     python3 -c 'import venv, ensurepip' 2>/dev/null || echo python3-venv
     command -v gcc >/dev/null || echo gcc
