@@ -3,12 +3,15 @@ levels above) and the keys and values each level accepts or refuses."""
 
 from __future__ import annotations
 
+import copy
+from unittest import mock
+
 import pydicom
 import pytest
 
 from pacsstore import Archive, QueryError
 from pacsstore._parse import _PIXEL_ONLY, _WANTED
-from pacsstore.store import hierarchy
+from pacsstore.store import hierarchy, secondary
 from test_store_support import CT_SMALL, MR_SMALL, corpus_path
 
 # pydicom's CT_small.dcm has a study of 2004-01-19, MR_small.dcm one of
@@ -135,3 +138,151 @@ def test_find_instance_keys_cover_every_attribute_the_walker_records():
     for keys in hierarchy.LEVEL_KEYS.values():
         levels |= set(keys)
     assert recorded <= levels
+
+
+def _instance(ct: pydicom.Dataset, number: int, **changes) -> pydicom.Dataset:
+    """CT_small as another instance (its own SOP Instance UID)."""
+    ds = copy.deepcopy(ct)
+    ds.SOPInstanceUID = f"{ct.SOPInstanceUID}.{number}"
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_find_counts_follow_stores_and_replacements(tmp_path):
+    ct = pydicom.dcmread(corpus_path(CT_SMALL))
+    other_series = f"{ct.SeriesInstanceUID}.9"
+    with Archive(tmp_path / "store", on_conflict="replace") as archive:
+        archive.store(_instance(ct, 1))
+        archive.store(_instance(ct, 2))
+        archive.store(_instance(ct, 3, SeriesInstanceUID=other_series,
+                                Modality="SR", SOPClassUID="1.2.840.10008."
+                                "5.1.4.1.1.88.22"))
+        [study] = archive.find("study")
+        assert (study["NumberOfStudyRelatedSeries"],
+                study["NumberOfStudyRelatedInstances"]) == (2, 3)
+        assert study["ModalitiesInStudy"] == ["CT", "SR"]
+        assert study["SOPClassesInStudy"] == [
+            "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.88.22"]
+        assert (study["NumberOfPatientRelatedStudies"],
+                study["NumberOfPatientRelatedSeries"],
+                study["NumberOfPatientRelatedInstances"]) == (1, 2, 3)
+        # The SR instance replaced by a CT one of the first series: its
+        # series goes, and with it SR from the study's lists.
+        archive.store(_instance(ct, 3, InstanceNumber=3))
+        [study] = archive.find("study")
+        assert (study["NumberOfStudyRelatedSeries"],
+                study["NumberOfStudyRelatedInstances"]) == (1, 3)
+        assert study["ModalitiesInStudy"] == ["CT"]
+        assert study["SOPClassesInStudy"] == ["1.2.840.10008.5.1.4.1.1.2"]
+        assert archive.find("series", Modality="SR") == []
+        assert archive.find("study", Modality="SR") == []
+        [series] = archive.find("series")
+        assert series["NumberOfSeriesRelatedInstances"] == 3
+
+
+def test_find_a_replaced_patient_name_is_found_by_its_new_name(tmp_path):
+    ct = pydicom.dcmread(corpus_path(CT_SMALL))
+    with Archive(tmp_path / "store", on_conflict="replace") as archive:
+        archive.store(_instance(ct, 1, PatientName="Old^Name"))
+        archive.store(_instance(ct, 1, PatientName="New^Name"))
+        assert archive.find("patient", PatientName="old*") == []
+        [patient] = archive.find("patient", PatientName="new*")
+        assert patient["PatientName"] == "New^Name"
+        assert patient["NumberOfPatientRelatedInstances"] == 1
+
+
+def test_find_instance_of_a_series_filed_elsewhere_stays_there(tmp_path,
+                                                               caplog):
+    # A later instance naming another study for a known series: the
+    # series stays with its study, and no empty study is made.
+    ct = pydicom.dcmread(corpus_path(CT_SMALL))
+    with Archive(tmp_path / "store") as archive:
+        archive.store(_instance(ct, 1))
+        archive.store(_instance(ct, 2, StudyInstanceUID="1.2.3.4"))
+        assert "belongs to study" in caplog.text
+        [study] = archive.find("study")
+        assert study["StudyInstanceUID"] == ct.StudyInstanceUID
+        assert study["NumberOfStudyRelatedInstances"] == 2
+        assert archive.find("study", StudyInstanceUID="1.2.3.4") == []
+        assert len(archive.find("instance",
+                                StudyInstanceUID=ct.StudyInstanceUID)) == 2
+
+
+def test_find_answers_the_attributes_each_level_holds(tmp_path):
+    ct = pydicom.dcmread(corpus_path(CT_SMALL))
+    ds = _instance(ct, 1, OtherPatientIDs=["A1", "B2"],
+                   PatientComments="allergic \\ to iodine",
+                   StationName="CT01", ProtocolName="Chest routine",
+                   Laterality="R", AcquisitionNumber=4,
+                   NameOfPhysiciansReadingStudy="Reader^Rita")
+    with Archive(tmp_path / "store") as archive:
+        archive.store(ds)
+        [patient] = archive.find("patient")
+        assert patient["OtherPatientIDs"] == ["A1", "B2"]
+        assert patient["PatientComments"] == "allergic \\ to iodine"
+        [study] = archive.find("study")
+        assert study["NameOfPhysiciansReadingStudy"] == "Reader^Rita"
+        [series] = archive.find("series", StationName="CT01",
+                                ProtocolName="Chest*", Laterality="R")
+        assert series["Manufacturer"] == ct.Manufacturer
+        assert series["InstitutionName"] == ct.InstitutionName
+        [instance] = archive.find("instance", AcquisitionNumber="4")
+        assert instance["AvailableTransferSyntaxUID"] == \
+            ct.file_meta.TransferSyntaxUID
+
+
+def test_find_match_unknown_lets_empty_required_keys_match(archive):
+    # CT_small has no AccessionNumber: unknown, it matches any value
+    # (PS3.4 C.2.2.1.2) when asked to; StudyDescription is no required
+    # key, so its emptiness never matches.
+    ct = _header(CT_SMALL)
+    assert archive.find("study", AccessionNumber="X1") == []
+    found = archive.find("study", AccessionNumber="X1", match_unknown=True)
+    assert ct.StudyInstanceUID in {s["StudyInstanceUID"] for s in found}
+    assert archive.find("study", match_unknown=True,
+                        StudyDescription="nothing like it") == []
+
+
+def test_find_person_names_ignore_case(archive):
+    ct = _header(CT_SMALL)
+    [patient] = archive.find("patient",
+                             PatientName=str(ct.PatientName).upper())
+    assert patient["PatientID"] == ct.PatientID
+
+
+def test_find_match_unknown_takes_the_required_keys_to_apply_it_to(archive):
+    ct = _header(CT_SMALL)
+    found = archive.find("study", AccessionNumber="X1",
+                         match_unknown={"AccessionNumber"})
+    assert ct.StudyInstanceUID in {s["StudyInstanceUID"] for s in found}
+    assert archive.find("study", AccessionNumber="X1",
+                        match_unknown={"StudyDate"}) == []
+    with pytest.raises(QueryError, match="StudyDescription.*not required"):
+        archive.find("study", match_unknown={"StudyDescription"})
+    with pytest.raises(QueryError, match="match_unknown is True, False"):
+        archive.find("study", match_unknown="AccessionNumber")
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("20040101-20040131", {"2004.01.19"}),
+    ("2004-", {"2004.01.19", "2004", "20041231"}),
+    ("20040201-", {"20041231"}),
+    ("-2003", set()),
+    ("-2004", {"2004.01.19", "2004", "20041231"}),
+])
+def test_find_date_ranges_over_dates_as_devices_write_them(tmp_path, value,
+                                                           expected):
+    # ACR-NEMA's 2004.01.19 is read as 20040119; a date cut short to its
+    # year compares from the left. The attribute index and a scan of
+    # the records agree.
+    ct = pydicom.dcmread(corpus_path(CT_SMALL))
+    with Archive(tmp_path / "store") as archive:
+        for number, date in enumerate(("2004.01.19", "2004", "20041231")):
+            archive.store(_instance(ct, number, StudyDate=date,
+                                    StudyInstanceUID=f"1.2.3.{number}",
+                                    SeriesInstanceUID=f"1.2.4.{number}"))
+        found = archive.find("study", StudyDate=value)
+        assert {s["StudyDate"] for s in found} == expected
+        with mock.patch.object(secondary, "lookup", return_value=None):
+            assert archive.find("study", StudyDate=value) == found

@@ -10,7 +10,7 @@ import pytest
 
 from pacsstore import NotStorableError, QueryError
 from pacsstore.filemeta import build_file_meta
-from pacsstore.store.query import matches
+from pacsstore.store.query import compile_query, matches
 
 
 @pytest.mark.parametrize("value, pattern, expected", [
@@ -125,7 +125,7 @@ def test_query_time_and_datetime_ranges(keyword, value, pattern, expected):
     ("StudyDate", "-", "expected YYYYMMDD"),
     ("StudyDate", "2004-01-01", "expected YYYYMMDD"),
     ("StudyDate", "20050101-20040101", "ends before it starts"),
-    ("StudyTime", "12:00", "expected HHMMSS"),
+    ("StudyTime", "12h00", "expected HHMMSS"),
     ("AcquisitionDateTime", "20040101+0100", "UTC offsets"),
 ])
 def test_query_unmatchable_date_values_are_query_errors(keyword, pattern,
@@ -144,3 +144,97 @@ def test_query_list_values_are_any_of_for_uid_keys_only():
         matches("1.2.3", [1, 2], "SOPInstanceUID")
     with pytest.raises(QueryError, match="expected a string"):
         matches("1.2.3", b"1.2.3", "SOPInstanceUID")
+
+
+@pytest.mark.parametrize("value, pattern, expected", [
+    ("Doe^John", "doe^john", True),         # PN ignores case
+    ("Doe^John", "DOE*", True),
+    ("Doe^John^^^", "Doe^John", True),      # empty components trail
+    ("OB^^^^", "OB^*", True),
+    ("OB", "ob^?*", True),
+    ("Doe^John", "Doe^John^*^*^*^*", False),  # more than five components
+    ("Doe^John", "Doe", False),             # the whole name, not a part
+    ("Straße^Ölaf", "STRASSE*", True),      # Unicode case folding
+    ("Yamada^Tarou=山田^太郎=やまだ^たろう", "山田^太郎", True),   # any group
+    ("Yamada^Tarou=山田^太郎=やまだ^たろう", "yamada*", True),
+    ("Yamada^Tarou=山田^太郎=やまだ^たろう", "=山田*", True),      # group 2
+    ("Yamada^Tarou=山田^太郎=やまだ^たろう", "=Yamada*", False),
+    ("Yamada^Tarou=山田^太郎=やまだ^たろう", "Yamada^Tarou=", True),
+    ("Yamada^Tarou", "Yamada^Tarou=山田^太郎", False),
+    ("Doe^John", "^", True),                # separators only: universal
+    ("Doe^John", "=", True),
+    ("^^^^", "Doe*", False),
+    ("^^^^", "*", True),
+])
+def test_query_person_name_matching(value, pattern, expected):
+    assert matches(value, pattern, "PatientName") is expected
+
+
+@pytest.mark.parametrize("keyword, value, pattern, expected", [
+    ("PatientID", " 123", "123", False),    # LO: leading spaces are text
+    ("PatientID", "123", "123  ", True),    # trailing spaces are padding
+    ("Modality", "CT", " CT ", True),       # CS: neither is significant
+    ("StudyDescription", "Chest", "chest", False),
+    ("SeriesNumber", 7, "+7", True),        # integers match by value
+    ("SeriesNumber", 7, "007", True),
+    ("SeriesNumber", 7, 7, True),
+    ("SeriesNumber", None, "7", False),
+    ("StudyDate", "2004.01.19", "20040101-20040131", True),  # ACR-NEMA
+    ("StudyTime", "14:30:00", "1400-1500", True),
+    ("StudyDate", "20040119", "2004.01.01-2004.01.31", True),
+    ("StudyDate", "1994.11.05", "1994.11.05", True),
+    ("ModalitiesInStudy", ["CT", "SR"], "MR\\SR", True),
+    ("ModalitiesInStudy", ["CT", "SR"], ["MR", "C*"], True),
+    ("ModalitiesInStudy", ["CT", "SR"], "M*", False),
+    ("SOPClassesInStudy", ["1.2.3"], ["1.2.4", "1.2.3"], True),
+])
+def test_query_value_matching_by_vr(keyword, value, pattern, expected):
+    assert matches(value, pattern, keyword) is expected
+
+
+@pytest.mark.parametrize("keyword, pattern, reason", [
+    ("StudyInstanceUID", "1.2.*", "not wildcards"),
+    ("SOPInstanceUID", ["1.2", "1.?"], "not wildcards"),
+    ("SeriesNumber", "1*", "expected a whole number"),
+    ("InstanceNumber", "one", "expected a whole number"),
+    ("PatientName", ["Doe"], "only for UID keys, ModalitiesInStudy"),
+    ("PatientName", 3.5, "expected a string"),
+])
+def test_query_values_a_key_cannot_match_on_are_query_errors(keyword,
+                                                             pattern,
+                                                             reason):
+    with pytest.raises(QueryError, match=reason):
+        matches("1", pattern, keyword)
+
+
+@pytest.mark.parametrize("date, time, when, expected", [
+    ("20060705-20060707", "1000-1800", ("20060705", "090000"), False),
+    ("20060705-20060707", "1000-1800", ("20060705", "100000"), True),
+    ("20060705-20060707", "1000-1800", ("20060706", "030000"), True),
+    ("20060705-20060707", "1000-1800", ("20060707", "180059"), True),
+    ("20060705-20060707", "1000-1800", ("20060707", "181000"), False),
+    ("-20060707", "-1800", ("20060707", "175959"), True),
+    ("-20060707", "-1800", ("20060707", "181500"), False),
+    ("2006-", "12-", ("20060101", "115959"), False),
+    ("2006-", "12-", ("20060101", "120000"), True),
+    ("20060705-20060707", "1900-0800", ("20060706", "120000"), True),
+])
+def test_query_combined_date_and_time_range(date, time, when, expected):
+    # PS3.4 C.2.2.2.5.1: two ranges of the same form, one datetime range.
+    query = compile_query("study", {"StudyDate": date, "StudyTime": time},
+                          combined_datetime=True)
+    [joined] = query.conditions
+    assert joined.test_pair(*when) is expected
+
+
+def test_query_combined_range_needs_the_same_form_on_both_keys():
+    # A single date and a time range: matched one by one.
+    query = compile_query("study", {"StudyDate": "20060705",
+                                    "StudyTime": "1000-1800"},
+                          combined_datetime=True)
+    assert {c.keyword for c in query.conditions} == {"StudyDate",
+                                                     "StudyTime"}
+    with pytest.raises(QueryError, match="ends before it starts"):
+        compile_query("study", {"StudyDate": "20060705",
+                                "StudyTime": "1900-0800"},
+                      combined_datetime=True)

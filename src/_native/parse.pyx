@@ -100,30 +100,49 @@ _WANTED = (
     (0x00080018, "SOPInstanceUID", KIND_BYTES),
     (0x00080020, "StudyDate", KIND_BYTES),
     (0x00080021, "SeriesDate", KIND_BYTES),
+    (0x00080022, "AcquisitionDate", KIND_BYTES),
     (0x00080023, "ContentDate", KIND_BYTES),
     (0x0008002A, "AcquisitionDateTime", KIND_BYTES),
     (0x00080030, "StudyTime", KIND_BYTES),
     (0x00080031, "SeriesTime", KIND_BYTES),
+    (0x00080032, "AcquisitionTime", KIND_BYTES),
     (0x00080033, "ContentTime", KIND_BYTES),
     (0x00080050, "AccessionNumber", KIND_BYTES),
     (0x00080060, "Modality", KIND_BYTES),
     (0x00080070, "Manufacturer", KIND_BYTES),
     (0x00080080, "InstitutionName", KIND_BYTES),
     (0x00080090, "ReferringPhysicianName", KIND_BYTES),
+    (0x00081010, "StationName", KIND_BYTES),
     (0x00081030, "StudyDescription", KIND_BYTES),
     (0x0008103E, "SeriesDescription", KIND_BYTES),
+    (0x00081040, "InstitutionalDepartmentName", KIND_BYTES),
+    (0x00081050, "PerformingPhysicianName", KIND_BYTES),
+    (0x00081060, "NameOfPhysiciansReadingStudy", KIND_BYTES),
+    (0x00081070, "OperatorsName", KIND_BYTES),
+    (0x00081080, "AdmittingDiagnosesDescription", KIND_BYTES),
+    (0x00081090, "ManufacturerModelName", KIND_BYTES),
     (0x00100010, "PatientName", KIND_BYTES),
     (0x00100020, "PatientID", KIND_BYTES),
     (0x00100021, "IssuerOfPatientID", KIND_BYTES),
     (0x00100030, "PatientBirthDate", KIND_BYTES),
+    (0x00100032, "PatientBirthTime", KIND_BYTES),
     (0x00100040, "PatientSex", KIND_BYTES),
+    (0x00101000, "OtherPatientIDs", KIND_BYTES),
+    (0x00101001, "OtherPatientNames", KIND_BYTES),
     (0x00101010, "PatientAge", KIND_BYTES),
+    (0x00102160, "EthnicGroup", KIND_BYTES),
+    (0x00102180, "Occupation", KIND_BYTES),
+    (0x001021B0, "AdditionalPatientHistory", KIND_BYTES),
+    (0x00104000, "PatientComments", KIND_BYTES),
     (0x00180015, "BodyPartExamined", KIND_BYTES),
+    (0x00181030, "ProtocolName", KIND_BYTES),
     (0x0020000D, "StudyInstanceUID", KIND_BYTES),
     (0x0020000E, "SeriesInstanceUID", KIND_BYTES),
     (0x00200010, "StudyID", KIND_BYTES),
     (0x00200011, "SeriesNumber", KIND_BYTES),
+    (0x00200012, "AcquisitionNumber", KIND_BYTES),
     (0x00200013, "InstanceNumber", KIND_BYTES),
+    (0x00200060, "Laterality", KIND_BYTES),
     (0x00280002, "SamplesPerPixel", KIND_US),
     (0x00280004, "PhotometricInterpretation", KIND_BYTES),
     (0x00280008, "NumberOfFrames", KIND_BYTES),
@@ -134,6 +153,7 @@ _WANTED = (
     (0x00280103, "PixelRepresentation", KIND_US),
     (0x00400244, "PerformedProcedureStepStartDate", KIND_BYTES),
     (0x00400245, "PerformedProcedureStepStartTime", KIND_BYTES),
+    (0x00400254, "PerformedProcedureStepDescription", KIND_BYTES),
     (0x7FE00001, "ExtendedOffsetTable", KIND_BYTES),
     (0x7FE00002, "ExtendedOffsetTableLengths", KIND_BYTES),
 )
@@ -142,7 +162,7 @@ _WANTED = (
 _PIXEL_ONLY = frozenset(("ExtendedOffsetTable", "ExtendedOffsetTableLengths"))
 
 cdef enum:
-    N_WANTED = 42
+    N_WANTED = 62
 
 cdef uint32_t WANTED_TAGS[N_WANTED]
 cdef int _i
@@ -811,14 +831,18 @@ cdef tuple map_by_eoi(Walk* w, list offsets, list lengths):
 cdef object map_by_eot(list offsets, list lengths, list eot,
                        list eot_lengths, Py_ssize_t first_item):
     """One fragment per frame when every Extended Offset Table entry is
-    the start and length of a fragment; None when the table disagrees."""
+    the start and length of a fragment, each after the one before; None
+    when the table disagrees. A fragment named twice, or out of order,
+    would be cut out twice: the store keeps each byte once."""
     starts = {offsets[i] - 8 - first_item: i for i in range(len(offsets))}
     firsts = []
+    previous = -1
     for offset, length in zip(eot, eot_lengths):
         i = starts.get(offset)
-        if i is None or lengths[i] != length:
+        if i is None or i <= previous or lengths[i] != length:
             return None
         firsts.append(i)
+        previous = i
     return firsts, [1] * len(firsts)
 
 

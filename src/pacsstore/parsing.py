@@ -54,10 +54,23 @@ _VR = {
     "PatientName": "PN", "ReferringPhysicianName": "PN",
     "PatientAge": "AS",
     "SeriesNumber": "IS", "InstanceNumber": "IS", "NumberOfFrames": "IS",
+    "AcquisitionNumber": "IS",
+    "AcquisitionDate": "DA", "AcquisitionTime": "TM",
+    "PatientBirthTime": "TM",
+    "StationName": "SH", "EthnicGroup": "SH", "Occupation": "SH",
+    "InstitutionalDepartmentName": "LO", "ManufacturerModelName": "LO",
+    "AdmittingDiagnosesDescription": "LO", "OtherPatientIDs": "LO",
+    "ProtocolName": "LO", "PerformedProcedureStepDescription": "LO",
+    "PerformingPhysicianName": "PN", "NameOfPhysiciansReadingStudy": "PN",
+    "OperatorsName": "PN", "OtherPatientNames": "PN",
+    "AdditionalPatientHistory": "LT", "PatientComments": "LT",
+    "Laterality": "CS",
 }
 # VRs whose text is in the dataset's character set (PS3.5 6.1.2.3); the
 # others are in the default repertoire.
 _CHARSET_VRS = frozenset(("SH", "LO", "PN", "ST", "LT", "UC", "UT"))
+# Text VRs of one value, in which a backslash is text (PS3.5 6.2).
+_SINGLE_TEXT_VRS = frozenset(("ST", "LT", "UT"))
 _TEXT_DELIMITERS = TEXT_VR_DELIMS
 _ALWAYS_TUPLE = frozenset(("ImageType", "SpecificCharacterSet"))
 # pydicom's default_encoding: the default repertoire read leniently.
@@ -118,6 +131,9 @@ def decode_value(keyword: str, raw: bytes | int,
         return integer_string(raw)
     if vr == "PN":
         values = _person_names(raw, encodings)
+    elif vr in _SINGLE_TEXT_VRS:
+        # pydicom's convert_single_string: one value, padding stripped.
+        values = (_decode_text(raw, encodings).rstrip("\x00 "),)
     elif vr in _CHARSET_VRS:
         # pydicom's convert_text: padding stripped from each value.
         text = _decode_text(raw, encodings)
@@ -163,7 +179,12 @@ def _charset_encodings(raw: bytes) -> tuple[str, ...]:
     few distinct values, so they are worked out once each."""
     terms = [term.strip(" \x00") for term in
              raw.decode(_DEFAULT_ENCODING).split("\\")]
-    return tuple(convert_encodings(terms))
+    try:
+        return tuple(convert_encodings(terms))
+    except ValueError:
+        # A term that codecs cannot even look up (one with a NUL inside):
+        # read as pydicom reads an unknown character set, in the default.
+        return (_DEFAULT_ENCODING,)
 
 
 def _text_or_none(value: Value) -> str | None:

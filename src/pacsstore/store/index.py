@@ -22,12 +22,20 @@ finished, so read transactions pass through a small gate that the resize
 closes while it works.
 
 Encodings (docs/format.md has the full description): fixed records are
-little-endian ``struct``s, the others compact UTF-8 JSON.
+little-endian ``struct``s, the others compact UTF-8 JSON. The attribute
+indexes (store/secondary.py) are sorted keys with empty values.
+
+An index of an older format is upgraded when a writer opens it: what
+changed is derived from the instance records, so the upgrade rebuilds
+it from them in one transaction (readers of other processes see the old
+index or the new one, never half of it). A reader cannot write, so it
+refuses an index that still needs its upgrade.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import struct
@@ -44,11 +52,14 @@ from pacsstore.errors import (
     CorruptStoreError,
     NewerFormatError,
     OutOfSpaceError,
+    StoreFormatError,
 )
 
 log = logging.getLogger(__name__)
 
-INDEX_FORMAT_VERSION = 1
+# 2: patient, study and series records carry their counts; the
+# attribute indexes (the "attributes" database) exist.
+INDEX_FORMAT_VERSION = 2
 
 # A fresh map is small (it is a sparse file, but some filesystems and
 # backups see its full size); doubling reaches any size in a few steps.
@@ -56,7 +67,10 @@ DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_MAP_SIZE = 1 << 40
 
 DATABASES = ("meta", "segments", "blocks", "instances", "patients",
-             "studies", "series")
+             "studies", "series", "attributes")
+# Databases an index of an older format may lack (opened read-only, it
+# cannot create them; it is refused once its version is read).
+_ADDED_IN_VERSION_2 = ("attributes",)
 # Parent -> child links, one LMDB dupsort database. Keys are a level
 # prefix plus the parent key; values are the child keys.
 CHILD_PREFIX = {"patient": b"p:", "study": b"s:", "series": b"e:"}
@@ -190,6 +204,17 @@ class Index:
             map_size=map_size, max_dbs=len(DATABASES) + 1,
             max_readers=256, sync=True, metasync=True, lock=True,
             create=not readonly)
+        if not readonly:
+            self._clear_stale_readers()
+        try:
+            self._open()
+        except BaseException:
+            # An index refused (newer, or waiting for its upgrade) must
+            # not stay open: LMDB opens an environment once per process.
+            self.env.close()
+            raise
+
+    def _open(self) -> None:
         while True:
             try:
                 self.db = self._open_databases()
@@ -198,10 +223,26 @@ class Index:
                 self._grow()  # creating the databases needs room too
         self._check_version()
 
+    def _clear_stale_readers(self) -> None:
+        """Free the reader slots of processes that died inside a read
+        transaction. LMDB frees them only when no process has the
+        environment open; while another reader keeps it open, a dead
+        reader's slot pins the pages of its snapshot, and the index
+        grows because the writer may never reuse them."""
+        cleared = self.env.reader_check()
+        if cleared:
+            log.info("cleared %d reader slots of ended processes", cleared)
+
     def _open_databases(self) -> dict[str, Any]:
         create = not self.readonly
-        db = {name: self.env.open_db(name.encode(), create=create)
-              for name in DATABASES}
+        db = {}
+        for name in DATABASES:
+            try:
+                db[name] = self.env.open_db(name.encode(), create=create)
+            except lmdb.NotFoundError:
+                if name not in _ADDED_IN_VERSION_2:
+                    raise
+                db[name] = None
         db["children"] = self.env.open_db(b"children", dupsort=True,
                                           create=create)
         return db
@@ -220,6 +261,31 @@ class Index:
             raise NewerFormatError(
                 f"the index has format version {version}; this pacsstore "
                 f"reads up to {INDEX_FORMAT_VERSION}")
+        if version < INDEX_FORMAT_VERSION:
+            if self.readonly:
+                raise StoreFormatError(
+                    f"the index has format version {version} and needs an "
+                    f"upgrade to {INDEX_FORMAT_VERSION} before it can be "
+                    f"read; open the store once for writing (Archive(path) "
+                    f"without readonly=True) to upgrade it in place")
+            self._upgrade(version)
+
+    def _upgrade(self, version: int) -> None:
+        """Rebuild what version 2 added (counts on the level records,
+        the attribute indexes) from the instance records."""
+        # The hierarchy imports this module, so it is imported here, on
+        # the rare open that needs it.
+        from pacsstore.store import hierarchy
+
+        log.info("upgrading the index from format version %d to %d",
+                 version, INDEX_FORMAT_VERSION)
+
+        def work(txn: lmdb.Transaction) -> None:
+            hierarchy.rebuild_from_instances(self, txn)
+            txn.put(b"format_version", _U32.pack(INDEX_FORMAT_VERSION),
+                    db=self.db["meta"])
+
+        self.write(work)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[lmdb.Transaction]:
@@ -249,17 +315,26 @@ class Index:
                 if on_retry is not None:
                     on_retry()
                 self._grow()
+            except lmdb.DiskError as exc:  # ENOSPC writing the pages
+                raise OutOfSpaceError(
+                    errno.ENOSPC, f"no space left on the disk while "
+                                  f"committing the index ({exc}); nothing "
+                                  f"of this batch was acknowledged"
+                ) from exc
 
     def _grow(self) -> None:
+        """Double the map, up to max_map_size and no further."""
         current = self.env.info()["map_size"]
-        if current * 2 > self.max_map_size:
+        if current >= self.max_map_size:
             raise OutOfSpaceError(
-                28, f"the LMDB index map is full at {current} bytes and "
-                    f"may not grow past max_map_size={self.max_map_size}; "
-                    f"open the Archive with a larger max_map_size")
+                errno.ENOSPC,
+                f"the LMDB index map is full at {current} bytes and may "
+                f"not grow past max_map_size={self.max_map_size}; open "
+                f"the Archive with a larger max_map_size")
+        grown = min(current * 2, self.max_map_size)
         with self._gate.resizing():
-            self.env.set_mapsize(current * 2)
-        log.info("index map grown to %d bytes", current * 2)
+            self.env.set_mapsize(grown)
+        log.info("index map grown to %d bytes", grown)
 
     # Blocks --------------------------------------------------------------
 
@@ -309,8 +384,48 @@ class Index:
             return []
         return [unkey(raw) for raw in cursor.iternext_dup()]
 
+    def is_child(self, txn: lmdb.Transaction, level: str, parent: str,
+                 child: str) -> bool:
+        cursor = txn.cursor(db=self.db["children"])
+        return cursor.set_key_dup(CHILD_PREFIX[level] + key(parent),
+                                  key(child))
+
     def count(self, txn: lmdb.Transaction, level: str) -> int:
         return txn.stat(self.db[_plural(level)])["entries"]
+
+    def names(self, txn: lmdb.Transaction, level: str,
+              prefix: str = "") -> Iterator[str]:
+        """The keys of a level in key order, those starting with
+        ``prefix`` only."""
+        start = prefix.encode("utf-8")
+        for raw in _keys_from(txn.cursor(db=self.db[_plural(level)]),
+                              start):
+            name = unkey(raw)
+            if not name.startswith(prefix):
+                return
+            yield name
+
+    def clear(self, txn: lmdb.Transaction, name: str) -> None:
+        """Empty one database (for a rebuild of what it derives)."""
+        txn.drop(self.db[name], delete=False)
+
+    # Attribute indexes ---------------------------------------------------
+
+    def put_entry(self, txn: lmdb.Transaction, entry: bytes) -> None:
+        txn.put(entry, b"", db=self.db["attributes"])
+
+    def delete_entry(self, txn: lmdb.Transaction, entry: bytes) -> None:
+        txn.delete(entry, db=self.db["attributes"])
+
+    def entries(self, txn: lmdb.Transaction, prefix: bytes,
+                start: bytes | None = None) -> Iterator[bytes]:
+        """Attribute index entries starting with ``prefix``, in order,
+        from ``start`` (itself starting with ``prefix``) when given."""
+        cursor = txn.cursor(db=self.db["attributes"])
+        for raw in _keys_from(cursor, start or prefix):
+            if not raw.startswith(prefix):
+                return
+            yield raw
 
     # Segments and counters -----------------------------------------------
 
@@ -340,6 +455,13 @@ class Index:
         calls after this raise ArchiveClosedError."""
         if self._gate.close():
             self.env.close()
+
+
+def _keys_from(cursor: lmdb.Cursor, start: bytes) -> Iterator[bytes]:
+    """The keys of a cursor's database from the first one >= start."""
+    if not cursor.set_range(start):
+        return
+    yield from cursor.iternext(keys=True, values=False)
 
 
 def _plural(level: str) -> str:
