@@ -17,6 +17,7 @@ from pacsstore.errors import (
     NotStorableError,
     OutOfSpaceError,
     PacsstoreError,
+    ReadOnlyStoreError,
     StoreLockedError,
 )
 
@@ -27,6 +28,8 @@ from pacsstore.store import (
     StoreConfigError,
     StoreResult,
 )
+from pacsstore.store.rebuild import RebuildReport, rebuild_index
+from pacsstore.store.verify import Problem, VerifyReport
 from pacsstore.uids import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -49,9 +52,14 @@ __all__ = [
     "NotStorableError",
     "OutOfSpaceError",
     "PacsstoreError",
+    "Problem",
     "QueryError",
+    "ReadOnlyStoreError",
+    "RebuildReport",
     "StoreConfigError",
     "StoreLockedError",
     "StoreResult",
+    "VerifyReport",
     "__version__",
+    "rebuild_index",
 ]

@@ -75,6 +75,12 @@ class FrameDecodeError(PacsstoreError, ValueError):
     unsupported transfer syntax, or a damaged bitstream)."""
 
 
+class TranscodeError(PacsstoreError, ValueError):
+    """An instance cannot be re-encoded in the transfer syntax asked for:
+    its own syntax does not decode here, the target would lose data, or
+    a codec refused the pixel data."""
+
+
 class NotFoundError(PacsstoreError, KeyError):
     """No instance with that SOP Instance UID is stored."""
 
@@ -106,6 +112,11 @@ class ArchiveClosedError(PacsstoreError):
 
 class StoreLockedError(PacsstoreError):
     """Another process has the store open for writing."""
+
+
+class ReadOnlyStoreError(PacsstoreError, PermissionError):
+    """The store cannot be written here (read-only media, or no write
+    permission); it still opens with ``readonly=True``."""
 
 
 class OutOfSpaceError(PacsstoreError, OSError):

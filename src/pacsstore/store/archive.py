@@ -19,6 +19,7 @@ prepare the next instances while earlier ones commit.
 from __future__ import annotations
 
 import collections
+import errno
 import fcntl
 import io
 import json
@@ -45,7 +46,9 @@ from pacsstore.errors import (
     NotAStoreError,
     NotFoundError,
     NotStorableError,
+    OutOfSpaceError,
     QueryError,
+    ReadOnlyStoreError,
     StoreLockedError,
 )
 from pacsstore.filemeta import build_file_meta
@@ -56,6 +59,7 @@ from pacsstore.store.commit import (
     LOGICAL_BYTES,
     Committer,
 )
+from pacsstore.store.faults import crash_point
 from pacsstore.store.index import (
     DEFAULT_MAP_SIZE,
     DEFAULT_MAX_MAP_SIZE,
@@ -70,6 +74,7 @@ from pacsstore.store.segments import (
     SegmentReader,
     SegmentWriter,
 )
+from pacsstore.store.verify import VerifyReport, verify
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +93,33 @@ BIG_ENDIAN = "1.2.840.10008.1.2.2"
 # Errors that make one item invalid without saying anything about the
 # store: skip_invalid turns them into "rejected" results.
 _ITEM_ERRORS = (MalformedDicomError, NotStorableError, ConflictError)
+
+
+# Errors that mean "this directory cannot be written", not a failure.
+_NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+# What a store creation leaves before its marker is in place; a directory
+# that holds only these (the folders empty) is a creation to finish.
+_CREATION_LEFTOVERS = frozenset({"segments", "index", "lock",
+                                 "PACSSTORE.new"})
+
+
+def _creation_leftover(entry: Path) -> bool:
+    if entry.name not in _CREATION_LEFTOVERS:
+        return False
+    return not entry.is_dir() or not any(entry.iterdir())
+
+
+def _creation_error(exc: OSError, path: Path) -> OSError:
+    """The pacsstore error for an OSError met while creating a store."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfSpaceError(
+            exc.errno, f"no space left on the disk while creating the "
+                       f"store {path}; free space and open it again")
+    if exc.errno in _NOT_WRITABLE:
+        return ReadOnlyStoreError(
+            exc.errno, f"cannot create a store at {path} ({exc.strerror}: "
+                       f"read-only media or no permission)")
+    return exc
 
 
 def _check_identity(prepared: Prepared, sop_class_uid: str,
@@ -126,7 +158,7 @@ class Archive:
         self._committer: Committer | None = None
         self._closed = False
         self._open_marker()
-        if not readonly:
+        if not readonly and self._lock_fd is None:
             self._take_lock()
         try:
             self._index = Index(self.path / "index", readonly=readonly,
@@ -138,7 +170,14 @@ class Archive:
         self._segments = SegmentReader(self.path / "segments")
         self._preparer = Preparer(self._index, compression_level)
         if not readonly:
-            self._start_writer(segment_size)
+            try:
+                self._start_writer(segment_size)
+            except BaseException:
+                # Recovery or the first segment failed (a full disk):
+                # let go of everything, so that the same process can
+                # open the store again once the cause is gone.
+                self.close()
+                raise
 
     # Opening and closing -------------------------------------------------
 
@@ -153,6 +192,9 @@ class Archive:
                                      f"(no PACSSTORE marker)")
             self._create()
             return
+        self._check_marker(marker)
+
+    def _check_marker(self, marker: Path) -> None:
         raw = marker.read_bytes()
         if not raw.startswith(STORE_MAGIC):
             raise NotAStoreError(f"{marker} is not a pacsstore marker")
@@ -166,28 +208,70 @@ class Archive:
                 f"pacsstore reads up to {STORE_FORMAT_VERSION}")
 
     def _create(self) -> None:
-        if self.path.exists() and any(self.path.iterdir()):
-            raise NotAStoreError(
-                f"{self.path} exists, is not empty and is not a pacsstore "
-                f"store; refusing to create one inside it")
+        """Make a new store, holding the writer lock while doing it: of
+        two processes creating one store at once, one creates it and the
+        other gets StoreLockedError. What a creation cut short (by a
+        crash or a full disk) left behind is taken over."""
+        self._refuse_foreign_directory()
         try:
-            (self.path / "segments").mkdir(parents=True, exist_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True)
         except (NotADirectoryError, FileExistsError):
             raise NotAStoreError(
                 f"cannot create a store at {self.path}: a part of the path "
                 f"is a file, not a directory") from None
-        (self.path / "index").mkdir(exist_ok=True)
-        body = json.dumps({"format_version": STORE_FORMAT_VERSION})
-        temporary = self.path / "PACSSTORE.new"
-        with open(temporary, "wb") as handle:
-            handle.write(STORE_MAGIC + body.encode() + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.path / "PACSSTORE")
+        except OSError as exc:
+            raise _creation_error(exc, self.path) from None
+        self._take_lock()
+        try:
+            marker = self.path / "PACSSTORE"
+            if marker.exists():  # created by a writer gone before us
+                self._check_marker(marker)
+                return
+            self._refuse_foreign_directory()
+            self._write_skeleton()
+        except BaseException:
+            self._release_lock()
+            raise
         log.info("created store %s", self.path)
 
+    def _refuse_foreign_directory(self) -> None:
+        """Create a store only where nothing but a store, or the
+        leftovers of creating one, would be overwritten."""
+        if not self.path.exists() or (self.path / "PACSSTORE").exists():
+            return
+        foreign = [entry.name for entry in self.path.iterdir()
+                   if not _creation_leftover(entry)]
+        if foreign:
+            raise NotAStoreError(
+                f"{self.path} exists, is not empty and is not a pacsstore "
+                f"store; refusing to create one inside it")
+
+    def _write_skeleton(self) -> None:
+        body = json.dumps({"format_version": STORE_FORMAT_VERSION})
+        temporary = self.path / "PACSSTORE.new"
+        try:
+            (self.path / "segments").mkdir(exist_ok=True)
+            (self.path / "index").mkdir(exist_ok=True)
+            with open(temporary, "wb") as handle:
+                handle.write(STORE_MAGIC + body.encode() + b"\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            crash_point("store.creating")
+            os.replace(temporary, self.path / "PACSSTORE")
+        except OSError as exc:
+            raise _creation_error(exc, self.path) from None
+
     def _take_lock(self) -> None:
-        fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            if exc.errno not in _NOT_WRITABLE:
+                raise
+            raise ReadOnlyStoreError(
+                exc.errno, f"{self.path} cannot be written here "
+                           f"({exc.strerror}: read-only media or no "
+                           f"permission); open it with readonly=True to "
+                           f"read") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -333,23 +417,31 @@ class Archive:
                             pixel_vr=vr, sop_instance_uid=sop_instance_uid,
                             index=index)
 
-    def find(self, level: str, **keys: Any) -> list[dict[str, Any]]:
+    def find(self, level: str, *,
+             match_unknown: bool | Iterable[str] = False,
+             combined_datetime: bool = False,
+             **keys: Any) -> list[dict[str, Any]]:
         """Patients, studies, series or instances matching ``keys``.
 
         ``level`` is "patient", "study", "series" or "instance"; each key
         is a keyword of that level or of a level above it, and each
         answer carries the attributes of its level and of the levels
-        above (plus the counts of its level: NumberOfStudyRelatedSeries,
+        above, with their counts (NumberOfStudyRelatedSeries,
         ModalitiesInStudy and so on). A value matches as C-FIND does
-        (PS3.4 C.2.2.2): exactly, with ``*`` and ``?`` wildcards, or
-        universally when it is ``""``, ``"*"`` or ``None``. A UID key
-        takes a list or tuple of UIDs (any of them); a date or time key
-        takes a range ``"20040101-20041231"``, ``"-2004"`` or
-        ``"2004-"``. At study level, ``Modality`` matches a study that
-        has a series of that modality. Any other key or value is a
-        QueryError.
+        (PS3.4 C.2.2.2, docs/query.md): exactly, with ``*`` and ``?``
+        wildcards, or universally when it is ``""``, ``"*"`` or
+        ``None``; person names ignore case. A UID key takes a list or
+        tuple of UIDs (any of them); a date or time key takes a range
+        ``"20040101-20041231"``, ``"-2004"`` or ``"2004-"``. At study
+        level, ``Modality`` matches a study that has a series of that
+        modality. Any other key or value is a QueryError.
+        ``match_unknown`` lets an entity whose required key is empty
+        match any value (PS3.4 C.2.2.1.2): True for every required key,
+        or the keys to apply it to; ``combined_datetime`` reads
+        a date and a time range of the same form as one datetime range.
         """
-        return query.find(self._index, level, **keys)
+        return query.find(self._index, level, match_unknown=match_unknown,
+                          combined_datetime=combined_datetime, **keys)
 
     def stats(self) -> ArchiveStats:
         index = self._index
@@ -382,6 +474,17 @@ class Archive:
         with self._index.read() as txn:
             return self._index.record(
                 txn, "instance", sop_instance_uid) is not None
+
+    def verify(self, *, scratch_dir: str | os.PathLike | None = None
+               ) -> VerifyReport:
+        """Check every block, instance record and index entry of the
+        store against each other (pacsstore.store.verify); the problems
+        found are in the report, nothing is repaired. Runs beside a
+        writer. ``scratch_dir`` holds its temporary tables (the system's
+        temporary folder by default)."""
+        return verify(self._index, self._segments,
+                      scratch_dir=None if scratch_dir is None
+                      else Path(scratch_dir))
 
 
 class _Pipeline:

@@ -45,6 +45,7 @@ from pacsstore.errors import (
 )
 from pacsstore.store import policy, results
 from pacsstore.store.blocks import EncodedBlock
+from pacsstore.store.faults import crash_point
 from pacsstore.store.hierarchy import link_instance, unlink_instance
 from pacsstore.store.index import BlockEntry, Index
 from pacsstore.store.prepare import Prepared, Preparer
@@ -172,6 +173,7 @@ class Committer:
             for job in batch:
                 job.future.set_exception(exc)
             return
+        crash_point("commit.committed")
         self._writer.committed_as(lengths)
         self.batches += 1
         for job, outcome in zip(batch, outcomes):
@@ -186,6 +188,7 @@ class Committer:
         outcomes = [self._apply(txn, job.prepared) for job in batch]
         lengths = self._writer.flush() if self._writer.has_pending else {}
         self._index.put_segments(txn, lengths)
+        crash_point("commit.synced")
         return outcomes, lengths
 
     def _apply(self, txn: lmdb.Transaction, item: Prepared
@@ -195,6 +198,7 @@ class Committer:
         status = results.STORED
         if stored is not None:
             if same_content(stored, record):
+                crash_point("commit.resend")
                 return result_for(stored, results.DUPLICATE,
                                   deduplicated=stored["size"])
             if self._policy == policy.REJECT:

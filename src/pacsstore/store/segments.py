@@ -22,6 +22,7 @@ own rather than being refused.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -41,6 +42,7 @@ from pacsstore.errors import (
 )
 from pacsstore.store import blocks
 from pacsstore.store.blocks import BlockHeader
+from pacsstore.store.faults import crash_point
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,7 @@ class SegmentWriter:
                     f"committed")
             if size > length:
                 self._set_aside(path, length)
+                crash_point("recovery.set_aside")
                 os.truncate(path, length)
         missing = set(self.committed) - set(on_disk)
         if missing:
@@ -175,16 +178,30 @@ class SegmentWriter:
         """Copy the bytes of ``path`` from ``start`` on into recovered/
         and make the copy durable before the caller cuts them off."""
         aside = self.directory.parent / "recovered"
-        aside.mkdir(exist_ok=True)
         target = aside / f"{path.stem}.{start}.{time.time_ns()}.seg-tail"
+        size = path.stat().st_size - start
         log.warning("setting %d uncommitted bytes of %s aside in %s",
-                    path.stat().st_size - start, path, target)
-        with open(path, "rb") as source, open(target, "xb") as copy:
-            source.seek(start)
-            shutil.copyfileobj(source, copy)
-            copy.flush()
-            os.fsync(copy.fileno())
-        fsync_directory(aside)
+                    size, path, target)
+        try:
+            aside.mkdir(exist_ok=True)
+            with open(path, "rb") as source, open(target, "xb") as copy:
+                source.seek(start)
+                shutil.copyfileobj(source, copy)
+                copy.flush()
+                os.fsync(copy.fileno())
+            fsync_directory(aside)
+        except OSError as exc:
+            # Nothing is cut off without its copy; a partial copy only
+            # takes space that the next attempt needs.
+            target.unlink(missing_ok=True)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise OutOfSpaceError(
+                exc.errno, f"no space left on the disk to set the {size} "
+                           f"uncommitted bytes of {path} aside before "
+                           f"cutting them off; nothing was changed, the "
+                           f"store opens with readonly=True, and opens "
+                           f"for writing once there is space") from exc
 
     def _check_unknown_segments(self, on_disk: dict[int, Path]) -> None:
         """A store is registered with its first segment before any block
@@ -246,6 +263,7 @@ class SegmentWriter:
                 handle.write(_segment_header(number))
         except OSError as exc:
             _raise_for_os_error(exc, f"creating {path}")
+        crash_point("segment.created")
         self._current, self._end = number, HEADER_SIZE
 
     @property
@@ -274,6 +292,7 @@ class SegmentWriter:
                     view = memoryview(chunk)
                     while view:
                         view = view[os.write(fd, view):]
+                crash_point("segment.written")
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
