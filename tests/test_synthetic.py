@@ -6,9 +6,16 @@ import numpy as np
 import pydicom
 import pytest
 
+from pydicom.uid import BasicTextSRStorage
+
 from pacsstore.synthetic import (HU_AIR, HU_SOFT_TISSUE, NOISE_HU,
-                                 SLICE_THICKNESS_MM, ct_series,
-                                 phantom_slice, write_ct_series)
+                                 SCANNER_NOISE, SLICE_THICKNESS_MM,
+                                 WHITE_NOISE, ct_series, multiframe_frames,
+                                 multiframe_uid, phantom_slice,
+                                 report_sizes, scanner_noise,
+                                 structured_reports, write_ct_series,
+                                 write_multiframe,
+                                 write_structured_reports)
 
 
 def test_synthetic_series_shares_study_and_series_uids():
@@ -63,3 +70,110 @@ def test_synthetic_series_is_deterministic(tmp_path):
 def test_synthetic_rejects_empty_series():
     with pytest.raises(ValueError, match="at least 1"):
         list(ct_series(0))
+
+
+def _power_by_frequency(image, low, high):
+    """Mean power of ``image``'s spectrum between two radial frequencies
+    (cycles per pixel)."""
+    power = np.abs(np.fft.rfft2(image)) ** 2
+    fy = np.fft.fftfreq(image.shape[0])[:, None]
+    fx = np.fft.rfftfreq(image.shape[1])[None, :]
+    f = np.hypot(fy, fx)
+    return power[(f > low) & (f < high)].mean()
+
+
+def test_synthetic_scanner_noise_has_sigma_and_a_ramp_spectrum():
+    noise = scanner_noise((256, 256), 15.0, np.random.default_rng(1))
+    assert noise.dtype == np.float32
+    assert noise.std() == pytest.approx(15.0, rel=1e-3)
+    # Filtered back-projection suppresses the lowest frequencies and the
+    # kernel rolls off towards Nyquist; white noise is flat.
+    low = _power_by_frequency(noise, 0.0, 0.03)
+    middle = _power_by_frequency(noise, 0.15, 0.25)
+    top = _power_by_frequency(noise, 0.45, 0.5)
+    assert low < 0.3 * middle and top < 0.3 * middle
+
+
+def test_synthetic_scanner_noise_correlates_neighbours():
+    noise = scanner_noise((256, 256), 15.0, np.random.default_rng(2))
+    white = np.random.default_rng(2).normal(0, 15.0, (256, 256))
+
+    def neighbour_correlation(image):
+        return np.corrcoef(image[:, :-1].ravel(), image[:, 1:].ravel())[0, 1]
+
+    assert neighbour_correlation(noise) > 0.3
+    assert abs(neighbour_correlation(white)) < 0.05
+
+
+def test_synthetic_noise_kind_changes_content_and_uids():
+    white = next(ct_series(2, rows=32, columns=32))
+    scanner = next(ct_series(2, rows=32, columns=32, noise=SCANNER_NOISE))
+    assert white.SOPInstanceUID != scanner.SOPInstanceUID
+    assert white.StudyInstanceUID != scanner.StudyInstanceUID
+    assert white.PixelData != scanner.PixelData
+    again = next(ct_series(2, rows=32, columns=32, noise=WHITE_NOISE))
+    assert again.SOPInstanceUID == white.SOPInstanceUID
+
+
+def test_synthetic_rejects_unknown_noise():
+    with pytest.raises(ValueError, match="noise must be one of"):
+        list(ct_series(1, rows=16, columns=16, noise="pink"))
+
+
+def test_synthetic_multiframe_reads_back_frame_by_frame(tmp_path):
+    path = write_multiframe(tmp_path / "mf.dcm", 5, rows=48, columns=40,
+                            seed=3)
+    ds = pydicom.dcmread(path)
+    assert ds.SOPInstanceUID == multiframe_uid(5, rows=48, columns=40,
+                                               seed=3)
+    assert ds.NumberOfFrames == 5 and len(ds.SliceLocationVector) == 5
+    assert ds.pixel_array.shape == (5, 48, 40)
+    expected = np.stack(list(multiframe_frames(5, rows=48, columns=40,
+                                               seed=3)))
+    assert np.array_equal(ds.pixel_array, expected)
+    # The pixel data is the last element: the file ends with its value.
+    assert path.read_bytes().endswith(expected.tobytes())
+
+
+def test_synthetic_multiframe_frames_differ_and_repeat_with_the_seed():
+    frames = list(multiframe_frames(4, rows=32, columns=32))
+    assert len({f.tobytes() for f in frames}) == 4
+    again = list(multiframe_frames(4, rows=32, columns=32))
+    assert all(np.array_equal(a, b) for a, b in zip(frames, again))
+
+
+def test_synthetic_multiframe_refuses_more_than_a_32_bit_length(tmp_path):
+    with pytest.raises(ValueError, match="32-bit length"):
+        write_multiframe(tmp_path / "huge.dcm", 8193)
+    assert not (tmp_path / "huge.dcm").exists()
+
+
+def test_synthetic_reports_have_their_drawn_sizes(tmp_path):
+    paths = write_structured_reports(tmp_path, 30, min_bytes=2048,
+                                     max_bytes=40960)
+    sizes = [p.stat().st_size for p in paths]
+    drawn = report_sizes(30, min_bytes=2048, max_bytes=40960)
+    assert all(0 <= d - s <= 1 for d, s in zip(drawn, sizes))
+    assert 2048 <= min(sizes) and max(sizes) <= 40960
+    assert max(sizes) > 4 * min(sizes)  # spread, not one size
+
+
+def test_synthetic_reports_are_basic_text_sr_of_their_own_studies(tmp_path):
+    paths = write_structured_reports(tmp_path, 4, min_bytes=4096,
+                                     max_bytes=4096)
+    reports = [pydicom.dcmread(p) for p in paths]
+    assert {r.SOPClassUID for r in reports} == {BasicTextSRStorage}
+    assert len({r.StudyInstanceUID for r in reports}) == 4
+    assert len({r.SOPInstanceUID for r in reports}) == 4
+    assert all(p.stat().st_size == 4096 for p in paths)
+    finding = reports[0].ContentSequence[0]
+    assert finding.ValueType == "TEXT" and finding.TextValue.endswith(".")
+
+
+def test_synthetic_reports_are_deterministic():
+    def texts(seed):
+        return [(ds.SOPInstanceUID, ds.ContentSequence[0].TextValue)
+                for ds in structured_reports(3, seed=seed)]
+
+    assert texts(0) == texts(0)
+    assert texts(0) != texts(1)

@@ -1,0 +1,107 @@
+"""Ingest through the API: ``Archive.store_many`` against Orthanc's REST
+API (POST /instances) and against a pydicom copy (dcmread, then write the
+file again).
+
+Every side starts empty in each repetition: a new store, a new Orthanc
+(compression off, its fastest), a new folder. pacsstore returns only
+when every instance is durable (segments fdatasynced, index committed);
+Orthanc fdatasyncs its files but not its SQLite index at commit; the
+pydicom copy syncs nothing. store_many prepares on one thread per core;
+Orthanc gets four concurrent keep-alive connections.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import pydicom
+
+from benchmarks.data import total_bytes
+from benchmarks.measure import Stopwatch, measure
+from benchmarks.peers import orthanc
+from benchmarks.rows import Comparison, Quantity, Row, Target, rate
+from benchmarks.sending import REST_CONNECTIONS, upload
+from benchmarks.suite import Context
+from pacsstore import Archive
+
+DURABILITY = ("pacsstore acknowledges durable data only; Orthanc "
+              "fdatasyncs its files but not its index; the pydicom copy "
+              "never syncs")
+
+
+def run(context: Context) -> list[Row]:
+    ct = context.data.ct_study()
+    reports = context.data.reports()
+    return [
+        _row(context, "ingest_api.ct", ct, "CT study",
+             rate("MB/s", total_bytes(ct) / 1e6),
+             orthanc_target=Target(">=", 5), copy_target=Target(">=", 1)),
+        _row(context, "ingest_api.small", reports, "structured reports "
+             "of 2-40 KB", rate("instances/s", len(reports)),
+             orthanc_target=Target(">=", 10), copy_target=None),
+    ]
+
+
+def _row(context: Context, key: str, paths: list[Path], name: str,
+         quantity: Quantity, *, orthanc_target: Target,
+         copy_target: Target | None) -> Row:
+    ours = measure(_store_many(context, paths), context.repeat)
+    rest = measure(_orthanc_rest(context, paths), context.repeat)
+    copy = measure(_pydicom_copy(context, paths), context.repeat)
+    megabytes = total_bytes(paths) / 1e6
+    title = (f"API ingest, store_many, {name} ({len(paths):,} instances, "
+             f"{megabytes:,.0f} MB), durable")
+    return Row(key, title, quantity, ours, [
+        Comparison(f"Orthanc REST POST /instances ({REST_CONNECTIONS} "
+                   f"connections)", rest, orthanc_target),
+        Comparison("pydicom read + write file", copy, copy_target),
+    ], [DURABILITY])
+
+
+def _store_many(context: Context, paths: Sequence[Path]):
+    def store_many(watch: Stopwatch) -> None:
+        folder = context.folder("store-many")
+        try:
+            with Archive(folder) as archive:
+                with watch:
+                    results = archive.store_many(paths)
+            _check_all_stored(results, len(paths))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return store_many
+
+
+def _check_all_stored(results, expected: int) -> None:
+    stored = sum(1 for r in results if r.status == "stored")
+    if stored != expected:
+        raise RuntimeError(f"store_many stored {stored} of {expected}")
+
+
+def _orthanc_rest(context: Context, paths: Sequence[Path]):
+    def orthanc_rest(watch: Stopwatch) -> None:
+        folder = context.folder("orthanc-rest")
+        try:
+            with orthanc(folder, compression=False) as peer:
+                with watch:
+                    upload(peer, paths)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return orthanc_rest
+
+
+def _pydicom_copy(context: Context, paths: Sequence[Path]):
+    def pydicom_copy(watch: Stopwatch) -> None:
+        folder = context.folder("pydicom-copy")
+        folder.mkdir(parents=True)
+        try:
+            with watch:
+                for path in paths:
+                    pydicom.dcmread(path).save_as(folder / path.name)
+            if len(list(folder.iterdir())) != len(paths):
+                raise RuntimeError("the pydicom copy lost files")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    return pydicom_copy
+

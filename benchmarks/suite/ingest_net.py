@@ -1,0 +1,175 @@
+"""Ingest over the network: DCMTK's storescu sends to each receiver, and
+the time is storescu's, from its start until it exits with every
+instance acknowledged.
+
+Receivers: ``pacsstore serve`` (durable before it answers), DCMTK's
+storescp (plain files, no index, no fsync), Orthanc (SQLite index,
+files fdatasynced), and pynetdicom in its storescp pattern. Each
+repetition gets a new, empty receiver, and what it holds afterwards is
+counted: a run in which a receiver lost an instance fails rather than
+being timed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.data import total_bytes
+from benchmarks.measure import Sample, Stopwatch, measure
+from benchmarks.peers import (Endpoint, orthanc, pacsstore_node,
+                              pynetdicom_scp, storescp)
+from benchmarks.rows import Comparison, Row, Target, rate
+from benchmarks.sending import send_parallel, split
+from benchmarks.suite import Context
+from pacsstore import Archive
+
+ASSOCIATIONS = 4
+DURABILITY = ("pacsstore answers once an instance is durable; storescp "
+              "and pynetdicom write to the page cache and never sync; "
+              "Orthanc fdatasyncs its files, not its index")
+
+
+@dataclass(frozen=True)
+class Received:
+    """Where a receiver listens, and how many instances it holds once it
+    has stopped (None for one that keeps nothing)."""
+
+    endpoint: Endpoint
+    count: Callable[[], int | None]
+
+
+Receiver = Callable[[Path], contextlib.AbstractContextManager[Received]]
+
+
+def run(context: Context) -> list[Row]:
+    ct = context.data.ct_study()
+    small = context.data.small_instances()
+    return [_one_association(context, ct), _four_associations(context, ct),
+            _small_instances(context, small)]
+
+
+def _one_association(context: Context, ct: list[Path]) -> Row:
+    time = _timer(context, [ct])
+    return Row("ingest_net.ct", f"C-STORE ingest, 1 association, "
+               f"{len(ct)} CT slices ({total_bytes(ct) / 1e6:,.0f} MB)",
+               rate("MB/s", total_bytes(ct) / 1e6), time(_pacsstore), [
+                   Comparison("DCMTK storescp", time(_storescp),
+                              Target(">=", 0.8)),
+                   Comparison("Orthanc (C-STORE)", time(_orthanc),
+                              Target(">=", 3)),
+                   Comparison("pynetdicom, dataset bytes to a file",
+                              time(_pynetdicom_files)),
+                   Comparison("DCMTK storescp --bit-preserving",
+                              time(_storescp_bit_preserving)),
+               ], [DURABILITY])
+
+
+def _four_associations(context: Context, ct: list[Path]) -> Row:
+    time = _timer(context, split(ct, ASSOCIATIONS))
+    return Row("ingest_net.ct4", f"C-STORE ingest, {ASSOCIATIONS} "
+               f"associations at once, {len(ct)} CT slices",
+               rate("MB/s", total_bytes(ct) / 1e6), time(_pacsstore), [
+                   Comparison(f"DCMTK storescp --fork ({ASSOCIATIONS} "
+                              f"storescu)", time(_storescp_fork),
+                              Target(">=", 0.8)),
+                   Comparison("Orthanc (C-STORE)", time(_orthanc)),
+               ], [DURABILITY])
+
+
+def _small_instances(context: Context, small: list[Path]) -> Row:
+    time = _timer(context, [small])
+    return Row("ingest_net.small", f"C-STORE ingest, 1 association, "
+               f"{len(small):,} small instances "
+               f"({total_bytes(small) / len(small) / 1e3:.1f} KB each)",
+               rate("instances/s", len(small)), time(_pacsstore), [
+                   Comparison("DCMTK storescp", time(_storescp),
+                              Target(">=", 0.8)),
+                   Comparison("pynetdicom, a handler that does nothing",
+                              time(_pynetdicom_nothing)),
+                   Comparison("Orthanc (C-STORE)", time(_orthanc)),
+               ], [DURABILITY])
+
+
+def _timer(context: Context,
+           groups: list[list[Path]]) -> Callable[[Receiver], Sample]:
+    """Times sending ``groups`` (one storescu each, all at once) to a
+    new receiver of the given kind, ``context.repeat`` times."""
+    expected = sum(len(g) for g in groups)
+
+    def time(receiver: Receiver) -> Sample:
+        name = receiver.__name__.strip("_")
+
+        def trial(watch: Stopwatch) -> None:
+            folder = context.folder(name)
+            folder.mkdir(parents=True)
+            try:
+                with receiver(folder) as received:
+                    with watch:
+                        send_parallel(received.endpoint, groups)
+                count = received.count()
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+            if count is not None and count != expected:
+                raise RuntimeError(f"{name} holds {count} of the "
+                                   f"{expected} instances sent")
+        trial.__name__ = name
+        return measure(trial, context.repeat)
+    return time
+
+
+def _files_in(folder: Path) -> Callable[[], int]:
+    return lambda: sum(1 for p in folder.iterdir() if p.is_file())
+
+
+@contextlib.contextmanager
+def _pacsstore(folder: Path) -> Iterator[Received]:
+    store = folder / "store"
+
+    def count() -> int:
+        with Archive(store, readonly=True) as archive:
+            return archive.stats().instances
+    with pacsstore_node(store) as endpoint:
+        yield Received(endpoint, count)
+
+
+@contextlib.contextmanager
+def _storescp(folder: Path) -> Iterator[Received]:
+    with storescp(folder / "received") as endpoint:
+        yield Received(endpoint, _files_in(folder / "received"))
+
+
+@contextlib.contextmanager
+def _storescp_bit_preserving(folder: Path) -> Iterator[Received]:
+    with storescp(folder / "received", bit_preserving=True) as endpoint:
+        yield Received(endpoint, _files_in(folder / "received"))
+
+
+@contextlib.contextmanager
+def _storescp_fork(folder: Path) -> Iterator[Received]:
+    with storescp(folder / "received", fork=True) as endpoint:
+        yield Received(endpoint, _files_in(folder / "received"))
+
+
+@contextlib.contextmanager
+def _orthanc(folder: Path) -> Iterator[Received]:
+    held: list[int] = []
+    with orthanc(folder, compression=False) as peer:
+        yield Received(peer.endpoint, lambda: held[0])
+        held.append(peer.statistics()["CountInstances"])
+
+
+@contextlib.contextmanager
+def _pynetdicom_files(folder: Path) -> Iterator[Received]:
+    output = folder / "received"
+    with pynetdicom_scp(output, folder / "scp.log") as endpoint:
+        yield Received(endpoint, _files_in(output))
+
+
+@contextlib.contextmanager
+def _pynetdicom_nothing(folder: Path) -> Iterator[Received]:
+    with pynetdicom_scp(None, folder / "scp.log") as endpoint:
+        yield Received(endpoint, lambda: None)

@@ -1,0 +1,121 @@
+"""pytest-benchmark tier: the hot paths of a store and a read, one
+instance at a time.
+
+``pytest benchmarks/test_hot_paths.py`` times them; CI runs them once
+each with ``--benchmark-disable`` (scripts/test.sh) so that they cannot
+rot. Each test checks what its path produced, so a fast wrong answer
+fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pydicom
+import pytest
+import zstandard
+
+from pacsstore import Archive
+from pacsstore.parsing import read_header
+from pacsstore.store import blocks, layout
+from pacsstore.synthetic import (SCANNER_NOISE, ct_series,
+                                 multiframe_frames, write_multiframe)
+
+FRAMES = 8
+SIDE = 256
+SLICES = 12
+
+
+def _encoded(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def slices() -> list[tuple[str, bytes]]:
+    """(SOP Instance UID, Part 10 bytes) of a short CT series."""
+    return [(ds.SOPInstanceUID, _encoded(ds))
+            for ds in ct_series(SLICES, seed=5, noise=SCANNER_NOISE)]
+
+
+@pytest.fixture(scope="module")
+def multiframe(tmp_path_factory) -> bytes:
+    folder = tmp_path_factory.mktemp("multiframe")
+    path = write_multiframe(folder / "mf.dcm", FRAMES, rows=SIDE,
+                            columns=SIDE, seed=5)
+    return Path(path).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def frame(slices) -> bytes:
+    """The pixel data of the first slice: one 512 x 512 frame."""
+    header = read_header(slices[0][1])
+    pixel = header.pixel
+    return slices[0][1][pixel.value_offset:pixel.end_offset]
+
+
+def test_parse_header(benchmark, slices):
+    uid, content = slices[0]
+    header = benchmark(read_header, content)
+    assert header.sop_instance_uid == uid
+    assert header.get("Modality") == "CT"
+    assert header.pixel.frame_count == 1
+
+
+def test_split_frames(benchmark, multiframe):
+    pixel = read_header(multiframe).pixel
+    parts = benchmark(layout.split, multiframe, pixel, False)
+    expected = list(multiframe_frames(FRAMES, rows=SIDE, columns=SIDE,
+                                      seed=5))
+    assert parts.layout == layout.NATIVE and parts.frame_count == FRAMES
+    assert [bytes(b) for b in parts.blocks] == [f.tobytes()
+                                                for f in expected]
+
+
+def test_digest_frame(benchmark, frame):
+    name = benchmark(blocks.digest, frame)
+    assert name == hashlib.sha256(frame).digest()
+
+
+def test_compress_frame(benchmark, frame):
+    compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
+    block = benchmark(blocks.encode, blocks.Kind.FRAME, frame,
+                      compressor=compressor)
+    assert block.codec is blocks.Codec.ZSTD
+    assert len(block.payload) < len(frame)
+    header = blocks.parse_header(block.header, "memory")
+    assert blocks.decode(header, block.header, block.payload,
+                         "memory") == frame
+
+
+def test_store_one(benchmark, slices, tmp_path):
+    pending = iter(slices)
+    with Archive(tmp_path / "store") as archive:
+        def store_next():
+            return archive.store(next(pending)[1])
+
+        result = benchmark.pedantic(store_next, rounds=len(slices) - 1,
+                                    iterations=1)
+    assert result.status == "stored"
+    assert result.frames == 1
+
+
+def test_get_one(benchmark, slices, tmp_path):
+    uid, content = slices[0]
+    with Archive(tmp_path / "store") as archive:
+        archive.store(content)
+        got = benchmark(archive.get, uid)
+    assert got == content
+
+
+def test_frame_of_a_multiframe(benchmark, multiframe, tmp_path):
+    uid = read_header(multiframe).sop_instance_uid
+    with Archive(tmp_path / "store") as archive:
+        archive.store(multiframe)
+        got = benchmark(archive.frame, uid, FRAMES // 2)
+    frames = list(multiframe_frames(FRAMES, rows=SIDE, columns=SIDE,
+                                    seed=5))
+    assert got == frames[FRAMES // 2].tobytes()
