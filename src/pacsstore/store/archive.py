@@ -403,9 +403,11 @@ class Archive:
         """Frame ``index`` (0-based): its stored bytes (a frame's
         fragment values joined, for encapsulated syntaxes) or, with
         ``decode``, the decoded pixels as a numpy array."""
-        reader = self._reader(sop_instance_uid)
+        reader = InstanceReader(
+            self._index, self._segments, _uid_arg(sop_instance_uid),
+            lambda record: _frame_blocks(record, index, decode))
         index = _frame_index(index)
-        frame, prefix, syntax = _frame_of(reader, index)
+        frame, prefix, syntax = _frame_of(reader, index, decode)
         if not decode:
             return frame
         record = reader.record
@@ -665,9 +667,33 @@ def _pixel_vr(header: bytes, record: dict[str, Any]) -> str:
     return header[offset + 4:offset + 6].decode("ascii", "replace")
 
 
-def _frame_of(reader: InstanceReader,
-              index: int) -> tuple[bytes, bytes, str]:
-    """(frame bytes, bytes before the pixel data, transfer syntax)."""
+def _frame_blocks(record: dict[str, Any], index: object,
+                  decode: bool) -> list[int]:
+    """The block positions frame ``index`` reads (0 the header block, 1..
+    the frame blocks): its own block, and the header block only to
+    decode (the attributes before the pixel data, the pixel VR). A
+    deflated dataset is stored whole and needs every block; a frame that
+    does not exist needs none (_frame_of says so)."""
+    index = _frame_index(index)
+    kind, count, blocks = record["layout"], record["frames"], \
+        len(record["blocks"])
+    if kind == layout.NONE or not 0 <= index < max(count, 0):
+        return []
+    if kind == layout.WHOLE:
+        return list(range(blocks + 1))
+    wanted = [0] if decode else []
+    if kind == layout.BITPACKED:
+        wanted.append(1)
+    elif index < blocks:
+        wanted.append(index + 1)
+    return wanted
+
+
+def _frame_of(reader: InstanceReader, index: int,
+              decode: bool = True) -> tuple[bytes, bytes, str]:
+    """(frame bytes, bytes before the pixel data, transfer syntax); the
+    bytes before the pixel data only with ``decode`` (b"" otherwise, so
+    that the header block is not read)."""
     record = reader.record
     kind, count = record["layout"], record["frames"]
     uid = record["sop_instance_uid"]
@@ -677,7 +703,7 @@ def _frame_of(reader: InstanceReader,
             f"does not exist")
     if kind == layout.WHOLE:
         return _deflated_frame(reader.read_all(), index, uid)
-    prefix = reader.header()[:record["pixel_offset"]]
+    prefix = reader.header()[:record["pixel_offset"]] if decode else b""
     if kind == layout.BITPACKED:
         value = reader.frame_block(0)
         frame = layout.bit_frame(value, index, record["frame_bits"])

@@ -1,7 +1,8 @@
 """Reading instances back: the original bytes, whole or streamed.
 
 A read resolves the instance record once, in one read transaction, to
-the positions of its blocks, and then reads blocks with positional reads
+the positions of its blocks (of all of them for a whole read, of the
+ones it needs for a frame), and then reads blocks with positional reads
 outside any transaction. Every block is checked (CRC32, then SHA-256 of
 the decompressed content against its name) before a byte of it is
 returned, so damage on disk surfaces as CorruptStoreError, never as
@@ -14,7 +15,7 @@ multi-gigabyte instance streams in the memory of its largest frame.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pacsstore.errors import CorruptStoreError, NotFoundError
@@ -24,10 +25,20 @@ from pacsstore.store.segments import SegmentReader
 
 
 class InstanceReader:
-    """The blocks of one instance, located once."""
+    """The blocks of one instance, located once.
+
+    ``select``, given the instance record, names the block positions to
+    locate (0 the header block, 1.. the frame blocks); without it every
+    block is. Reading one frame locates only its own blocks, so its cost
+    does not grow with the number of frames. Either way the record and
+    the block entries come from one read transaction, consistent with
+    each other whatever a concurrent writer commits.
+    """
 
     def __init__(self, index: Index, segments: SegmentReader,
-                 uid: str) -> None:
+                 uid: str,
+                 select: Callable[[dict[str, Any]], Iterable[int]]
+                 | None = None) -> None:
         self._segments = segments
         with index.read() as txn:
             record = index.record(txn, "instance", uid)
@@ -35,12 +46,20 @@ class InstanceReader:
                 raise NotFoundError(f"no instance with SOP Instance UID "
                                     f"{uid} is stored")
             names = [record["header"], *record["blocks"]]
-            self._entries = [self._entry(index, txn, n, uid)
-                             for n in names]
+            positions = range(len(names)) if select is None \
+                else select(record)
+            self._entries = {p: self._entry(index, txn, names[p], uid)
+                             for p in positions}
         self.record = record
         self._header: bytes | None = None
-        self._names = [bytes.fromhex(n) for n in names]
-        self.cuts = [layout.Cut(*c) for c in record["cuts"]]
+        self._names = names
+        self._cuts: list[layout.Cut] | None = None
+
+    @property
+    def cuts(self) -> list[layout.Cut]:
+        if self._cuts is None:
+            self._cuts = [layout.Cut(*c) for c in self.record["cuts"]]
+        return self._cuts
 
     @staticmethod
     def _entry(index: Index, txn: Any, name: str, uid: str) -> BlockEntry:
@@ -53,9 +72,14 @@ class InstanceReader:
     def block(self, position: int) -> bytes:
         """Content of block ``position``: 0 is the header block, 1.. the
         frame blocks."""
-        entry = self._entries[position]
+        entry = self._entries.get(position)
+        if entry is None:
+            raise LookupError(f"block {position} of instance "
+                              f"{self.record['sop_instance_uid']} was not "
+                              f"located by this reader")
         _, content = self._segments.read(
-            entry.segment, entry.offset, expect=self._names[position],
+            entry.segment, entry.offset,
+            expect=bytes.fromhex(self._names[position]),
             stored_length=entry.stored_length)
         return content
 
