@@ -1,4 +1,5 @@
-"""The presentation contexts the node accepts.
+"""The presentation contexts the node accepts, and the service each
+belongs to.
 
 The node keeps every dataset as it arrives, so it needs no codec to accept
 a transfer syntax: it offers every storage SOP class with every transfer
@@ -14,6 +15,14 @@ Protocol, the retired Ultrasound Image Storage, ...), and an archive
 should take over the network what it takes from disk. As an acceptor the
 node may support any number of them; the 128-context limit of PS3.8 9.3.2
 binds what one association request proposes, not what an SCP accepts.
+The node accepts either role for them (SCP/SCU role selection, PS3.7
+D.3.3.4), because a C-GET peer receives its instances as the storage SCP
+on its own association.
+
+Query/retrieve comes in the Patient Root and Study Root information
+models (PS3.4 C.6.1, C.6.2), each with a FIND, a MOVE and a GET SOP
+class; their identifiers are small, so the uncompressed little endian
+syntaxes are all they need.
 """
 
 from __future__ import annotations
@@ -24,7 +33,16 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import AllTransferSyntaxes
 from pynetdicom import AllStoragePresentationContexts, register_uid
 from pynetdicom.service_class import ServiceClass, StorageServiceClass
-from pynetdicom.sop_class import Verification, uid_to_service_class
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove, Verification,
+    uid_to_service_class)
+
+from pacsstore.net.access import Service
 
 # Transfer syntaxes pydicom 3.0 does not list (PS3.6 Table A-1).
 EXTRA_TRANSFER_SYNTAXES = (
@@ -103,3 +121,39 @@ def register_storage_classes() -> None:
 
 def verification_sop_class() -> str:
     return str(Verification)
+
+
+# Query/retrieve SOP class -> information model, as the matcher names it.
+FIND_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelFind): "patient",
+    str(StudyRootQueryRetrieveInformationModelFind): "study",
+}
+MOVE_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelMove): "patient",
+    str(StudyRootQueryRetrieveInformationModelMove): "study",
+}
+GET_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelGet): "patient",
+    str(StudyRootQueryRetrieveInformationModelGet): "study",
+}
+
+
+def query_retrieve_sop_classes() -> list[str]:
+    return [*FIND_MODELS, *MOVE_MODELS, *GET_MODELS]
+
+
+def query_retrieve_transfer_syntaxes() -> list[str]:
+    """Explicit, then implicit VR little endian."""
+    return storable_transfer_syntaxes()[:2]
+
+
+def service_of(sop_class: str) -> Service | None:
+    """The permission a context of ``sop_class`` needs; None for
+    Verification, which every admitted peer may use."""
+    if sop_class in FIND_MODELS:
+        return Service.QUERY
+    if sop_class in MOVE_MODELS or sop_class in GET_MODELS:
+        return Service.RETRIEVE
+    if sop_class == verification_sop_class():
+        return None
+    return Service.STORE

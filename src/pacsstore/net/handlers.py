@@ -1,4 +1,6 @@
-"""The event handlers of the node: C-ECHO, C-STORE, and socket setup.
+"""The event handlers of the node: C-ECHO, C-STORE, access control at
+association time, and socket setup (query/retrieve is in
+:mod:`pacsstore.net.qr`).
 
 The C-STORE handler hands the dataset bytes to the archive exactly as
 they came off the wire, never decoding them into a pydicom Dataset: that
@@ -7,6 +9,14 @@ a full decode. It answers only after ``Archive.store_received`` returns,
 which happens once the instance is durable, so a success status always
 means the instance survives a crash. Failures become DIMSE statuses here,
 and are logged here, once.
+
+A peer is offered, at association, only the presentation contexts of the
+services it is permitted (:class:`PermittedContexts`): a refused context
+costs the peer nothing and tells it before it sends anything. The one
+way past that is a peer permitted to retrieve but not to store: it gets
+the storage contexts for the SCP role of a C-GET, which pynetdicom also
+grants for the default role when the peer proposes no role selection,
+so the C-STORE handler checks the permission too.
 """
 
 from __future__ import annotations
@@ -24,7 +34,11 @@ from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.events import Event
 
 from pacsstore.errors import NotStorableError, PacsstoreError
-from pacsstore.net.status import failure_status, success_status
+from pacsstore.net.access import ALL_SERVICES, PeerTable, Service
+from pacsstore.net.contexts import service_of
+from pacsstore.net.reactor import event_driven
+from pacsstore.net.status import (NOT_AUTHORIZED, failure_status, refusal,
+                                  success_status)
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +78,48 @@ def handle_conn_open(event: Event) -> None:
     A C-STORE response is a small PDU that the peer waits for before it
     sends the next instance; with Nagle on, it can sit for a delayed-ACK
     period (40 ms on Linux) and cap throughput at a few dozen instances
-    per second.
+    per second. For the same reason the association's reactors are made
+    to wait for work rather than poll (:mod:`pacsstore.net.reactor`).
     """
     sock = event.assoc.dul.socket.socket
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # An accepted socket has no timeout of its own (Python gives it
+        # none): a peer that stops inside a PDU before its association
+        # is established would hold the DUL thread in recv() for good.
+        sock.settimeout(event.assoc.network_timeout)
     _bind_first(event.assoc, evt.EVT_DIMSE_RECV, handle_dimse_recv)
+    _bound_pdu_reads(event.assoc.dul.socket)
+    event_driven(event.assoc)
+
+
+# The longest PDU the node reads: twice the P-DATA-TF maximum it
+# proposes (node.MAX_PDU_SIZE, 1 MiB), far above the largest
+# A-ASSOCIATE-RQ. pynetdicom reads a PDU whole, as long as its header
+# says, before decoding it; unbounded, one peer claiming 4 GiB makes
+# the node buffer whatever it sends, before any association exists.
+MAX_PDU_READ = 2 << 20
+
+
+def _bound_pdu_reads(transport: Any) -> None:
+    """Make the DUL refuse to read a PDU body of ``MAX_PDU_READ`` bytes
+    or more: the connection is closed at once, and the read returns
+    nothing, which pynetdicom takes for the peer having closed it."""
+    unbounded = transport.recv
+
+    def recv(nr_bytes: int) -> bytearray:
+        if nr_bytes <= MAX_PDU_READ:
+            return unbounded(nr_bytes)
+        logger.warning("closing the connection of a peer that sent a PDU "
+                       "of %d bytes (the node reads at most %d)",
+                       nr_bytes, MAX_PDU_READ)
+        # pynetdicom's own close, minus the Evt17 that the short read
+        # raises anyway; not connected, the socket is read no more.
+        transport._shutdown_socket()
+        transport._is_connected = False
+        return bytearray()
+
+    transport.recv = recv
 
 
 def _bind_first(assoc: Any, event: Any, handler: Any) -> None:
@@ -119,16 +169,59 @@ def handle_released(event: Event) -> None:
     logger.info("association with %s released", event.assoc.requestor.ae_title)
 
 
+class PermittedContexts:
+    """The EVT_REQUESTED handler: before pynetdicom negotiates, narrow
+    the association's supported contexts to the calling AE's services."""
+
+    def __init__(self, peers: PeerTable) -> None:
+        self.peers = peers
+
+    def __call__(self, event: Event) -> None:
+        title = event.assoc.requestor.primitive.calling_ae_title
+        permitted = self.peers.permissions(title)
+        if permitted == ALL_SERVICES:
+            return
+        acceptor = event.assoc.acceptor
+        acceptor.supported_contexts = [
+            context for context in acceptor.supported_contexts
+            if _permit(context, permitted)]
+        logger.info("offering %s only %s", title, ", ".join(sorted(
+            service.value for service in permitted)) or "verification")
+
+
+def _permit(context: Any, permitted: frozenset[Service]) -> bool:
+    """Whether to keep ``context`` (a per-association copy), narrowing a
+    storage context to the C-GET role where only retrieve is permitted."""
+    service = service_of(str(context.abstract_syntax))
+    if service is None or service in permitted:
+        return True
+    if service is Service.STORE and Service.RETRIEVE in permitted:
+        # Accept the peer as storage SCP (receiving a C-GET), refuse it
+        # as storage SCU (PS3.7 D.3.3.4).
+        context.scu_role, context.scp_role = False, True
+        return True
+    return False
+
+
 class StoreHandler:
     """The EVT_C_STORE handler, bound to one archive."""
 
     def __init__(self, archive: ReceivingArchive,
-                 counters: ReceiveCounters) -> None:
+                 counters: ReceiveCounters,
+                 peers: PeerTable | None = None) -> None:
         self.archive = archive
         self.counters = counters
+        self.peers = peers if peers is not None else PeerTable.open()
 
     def __call__(self, event: Event) -> Dataset:
         request = event.request
+        peer = event.assoc.requestor.ae_title
+        if not self.peers.permits(peer, Service.STORE):
+            logger.warning("C-STORE from %s refused: not permitted to "
+                           "store", peer)
+            self.counters.record("refused", 0)
+            return refusal(NOT_AUTHORIZED,
+                           f"{peer} is not permitted to store here")
         data = event.encoded_dataset(include_meta=False)
         syntax = str(event.context.transfer_syntax)
         sop_class = str(request.AffectedSOPClassUID)

@@ -154,9 +154,9 @@ def send_with_pynetdicom(files: Sequence[OutgoingFile], host: str,
                          calling_ae: str = "PACSSTORE-SCU") -> SendReport:
     """Send ``files`` in one association with pynetdicom, which passes
     each file's dataset bytes through unchanged."""
-    from pynetdicom import AE
+    from pacsstore.net.identity import pacsstore_ae
 
-    ae = AE(ae_title=calling_ae)
+    ae = pacsstore_ae(calling_ae)
     for sop_class, syntax in sorted({(f.sop_class_uid, f.transfer_syntax)
                                      for f in files}):
         ae.add_requested_context(sop_class, syntax)

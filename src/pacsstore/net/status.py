@@ -1,5 +1,5 @@
-"""DIMSE statuses of the storage SCP, and the mapping from pacsstore
-errors to them.
+"""DIMSE statuses of the node, and the mapping from pacsstore errors to
+them.
 
 A failed C-STORE must reach the peer as a status it can act on, with an
 Error Comment a person can read, and the association must stay up: a
@@ -31,6 +31,27 @@ CorruptStoreError, other   0x0110  Failure: processing failure
 PS3.7 C's 0x0111 (Duplicate SOP Instance) is an N-CREATE status, not a
 C-STORE one: DCMTK shows it as "Unknown Status", so a conflict gets
 0xC002 instead.
+
+C-FIND, C-MOVE and C-GET (PS3.4 C.4.1.1.4, C.4.2.1.5, C.4.3.1.4) share
+the "Failed: Unable to process" range 0xC000-0xCFFF, of which the
+query/retrieve SCP uses 0xC100-0xC103, and the fixed codes below:
+
+=========================  ======  =====================================
+cause                      status  meaning
+=========================  ======  =====================================
+each match, sub-operation  0xFF00  Pending
+C-CANCEL received          0xFE00  Cancel
+no QueryRetrieveLevel, or  0xA900  Identifier does not match SOP class
+a level the model lacks
+unknown move destination   0xA801  Move destination unknown
+identifier not decodable   0xC100  Unable to process
+QueryError                 0xC101  Unable to process (a key or value
+                                   the matcher refuses)
+store failure on a query   0xC102  Unable to process
+more than 65535 instances  0xC103  Unable to process (the counts of
+                                   PS3.7 9.3 are 16-bit)
+peer not permitted         0x0124  Refused: Not authorized (PS3.7 C.5)
+=========================  ======  =====================================
 """
 
 from __future__ import annotations
@@ -41,7 +62,7 @@ from pydicom.dataset import Dataset
 
 from pacsstore.errors import (ConflictError, DatasetMismatchError,
                               MalformedDicomError, NotStorableError,
-                              OutOfSpaceError)
+                              OutOfSpaceError, QueryError)
 
 SUCCESS = 0x0000
 CANNOT_UNDERSTAND = 0xC000
@@ -50,6 +71,16 @@ DATASET_MISMATCH = 0xA900
 CONFLICTING_RESEND = 0xC002
 OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
+
+PENDING = 0xFF00
+CANCEL = 0xFE00
+NOT_AUTHORIZED = 0x0124
+IDENTIFIER_MISMATCH = 0xA900
+MOVE_DESTINATION_UNKNOWN = 0xA801
+IDENTIFIER_NOT_DECODABLE = 0xC100
+QUERY_REFUSED = 0xC101
+QUERY_FAILED = 0xC102
+TOO_MANY_MATCHES = 0xC103
 
 # Error Comment is LO: at most 64 characters (PS3.7 C.5.2 and PS3.5 6.2).
 ERROR_COMMENT_MAX = 64
@@ -86,6 +117,7 @@ def error_comment(error: BaseException) -> str:
     text = str(error) or type(error).__name__
     text = text.encode("ascii", "replace").decode("ascii")
     text = text.replace("\\", "/")  # backslash separates LO values
+    text = " ".join(text.split())  # LO holds no line breaks or tabs
     if len(text) > ERROR_COMMENT_MAX:
         text = text[:ERROR_COMMENT_MAX - 3] + "..."
     return text
@@ -107,3 +139,19 @@ def success_status() -> Dataset:
     status = Dataset()
     status.Status = SUCCESS
     return status
+
+
+def refusal(code: int, comment: str) -> Dataset:
+    """A failure status with an Error Comment cut to fit."""
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = error_comment(ValueError(comment))
+    return status
+
+
+def query_failure(error: BaseException) -> Dataset:
+    """The C-FIND, C-MOVE or C-GET status for a query that raised
+    ``error``: the matcher's refusal of the identifier, or a store
+    failure."""
+    code = QUERY_REFUSED if isinstance(error, QueryError) else QUERY_FAILED
+    return refusal(code, str(error) or type(error).__name__)
