@@ -1,4 +1,7 @@
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
 
 from corpus import corpus_available
 
@@ -11,3 +14,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "corpus_file" in getattr(item, "fixturenames", ()):
             item.add_marker(skip)
+
+
+# Hypothesis profiles, chosen by HYPOTHESIS_PROFILE: "ci" (the default)
+# keeps property tests short, "fuzz" runs them long.
+settings.register_profile("ci", max_examples=200, deadline=None)
+settings.register_profile(
+    "fuzz", max_examples=200_000, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
