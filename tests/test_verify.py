@@ -122,8 +122,8 @@ def test_verify_finds_nothing_wrong_with_a_sound_store(store):
         stats = archive.stats()
     assert report.blocks == stats.blocks + stats.instances
     assert report.summary() == (
-        f"verified {report.segments} segments, {report.blocks} blocks, "
-        f"6 instances: 0 problems")
+        f"verified {report.segments} segments, {report.blocks} blocks "
+        f"(manifests included), 6 instances: 0 problems")
 
 
 @pytest.mark.parametrize("where", [blocks.HEADER_SIZE + 100, 0, 4, 8, 48],

@@ -99,8 +99,11 @@ def serve(ctx: click.Context, config_path: Path | None, ae_title: str,
             finally:
                 node.stop()
     statuses, received = node.counters.snapshot()
+    outcomes = ", ".join(f"{status} {count}"
+                         for status, count in sorted(statuses.items()))
     click.echo(f"pacsstore: stopped; received {sum(statuses.values())} "
-               f"instances ({received / 1e6:,.1f} MB): {statuses}")
+               f"instances ({received / 1e6:,.1f} MB)"
+               + (f": {outcomes}" if outcomes else ""))
 
 
 def _node_config(ctx: click.Context,

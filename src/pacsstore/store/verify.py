@@ -125,13 +125,19 @@ class VerifyReport:
         return not self.problems
 
     def summary(self) -> str:
-        count = len(self.problems)
-        return (f"verified {self.segments} segments, {self.blocks} blocks, "
-                f"{self.instances} instances: {count} "
-                f"problem{'' if count == 1 else 's'}")
+        # Blocks as read from the segments: stats() counts data blocks,
+        # this also counts each instance's manifest block.
+        return (f"verified {_counted(self.segments, 'segment')}, "
+                f"{_counted(self.blocks, 'block')} (manifests included), "
+                f"{_counted(self.instances, 'instance')}: "
+                f"{_counted(len(self.problems), 'problem')}")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _counted(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def record_defect(record: Any) -> str | None:
