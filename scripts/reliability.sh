@@ -2,7 +2,8 @@
 # The full reliability run (docs/reliability.md): hundreds of SIGKILLs of
 # writers through the API and through the node, every crash point at many
 # hits, repeated full-disk cycles on a small tmpfs, longer concurrency
-# phases; then the figures the documentation quotes. The same tests run
+# phases; then the figures the documentation quotes; then the sanitizer
+# tests and a fuzz run (PACSSTORE_FUZZ_SECONDS). The same tests run
 # short in the ordinary suite. The tmpfs cases need root (or
 # CAP_SYS_ADMIN) and skip without it. Extra arguments go to pytest; the
 # PACSSTORE_* variables below may be set to change the sizes. Exits
@@ -105,4 +106,12 @@ races = total("open_races", "races")
 if races:
     print(f"open races: {races} races of two writers, one lock each time")
 PY
+# Hostile input, the long way: the parser and store tests under ASan and
+# UBSan, then coverage-guided fuzzing (docs/fuzzing.md). Both build in a
+# private copy of the tree. PACSSTORE_FUZZ_SECONDS=0 skips them.
+: "${PACSSTORE_FUZZ_SECONDS:=600}"
+if [ "$PACSSTORE_FUZZ_SECONDS" != 0 ]; then
+    bash scripts/sanitize.sh 0 || status=$?
+    bash scripts/fuzz.sh "$PACSSTORE_FUZZ_SECONDS" || status=$?
+fi
 exit "$status"
