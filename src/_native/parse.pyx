@@ -13,6 +13,8 @@ bytes: tags are compared as integers, the few wanted values are recorded as
 (offset, length) pairs in a fixed C array, and the Python result is built
 once at the end. Defined-length sequences and items are skipped by their
 lengths; only undefined-length ones are walked, because only they must be.
+``parse_decoded`` also turns the recorded values into Python values
+straight from the buffer (decode.pxi), as pacsstore.parsing defines them.
 
 Which DICOM. The reading rules follow pydicom 3 (filereader.py), because
 the archive must keep byte for byte every file that pydicom reads: the VR
@@ -31,11 +33,11 @@ says, where pydicom keeps the dataset's byte order.
 
 from cpython.buffer cimport (PyBUF_SIMPLE, PyBuffer_Release,
                              PyObject_GetBuffer)
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint16_t, uint32_t
 from cpython.pyport cimport PY_SSIZE_T_MAX
-from libc.string cimport memcmp, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 import logging
 import zlib
@@ -165,11 +167,28 @@ cdef enum:
     N_WANTED = 62
 
 cdef uint32_t WANTED_TAGS[N_WANTED]
+cdef unsigned char WANTED_KINDS[N_WANTED]
+# The keyword of each wanted attribute, by index.
+cdef tuple WANTED_KEYWORDS = tuple(entry[1] for entry in _WANTED)
 cdef int _i
 assert len(_WANTED) == N_WANTED
 assert list(_WANTED) == sorted(_WANTED)
 for _i in range(N_WANTED):
     WANTED_TAGS[_i] = _WANTED[_i][0]
+    WANTED_KINDS[_i] = _WANTED[_i][2]
+
+# Indexes of the wanted attributes the pixel layout reads.
+cdef int WANTED_ROWS = WANTED_KEYWORDS.index("Rows")
+cdef int WANTED_COLUMNS = WANTED_KEYWORDS.index("Columns")
+cdef int WANTED_SAMPLES = WANTED_KEYWORDS.index("SamplesPerPixel")
+cdef int WANTED_BITS_ALLOCATED = WANTED_KEYWORDS.index("BitsAllocated")
+cdef int WANTED_PHOTOMETRIC = WANTED_KEYWORDS.index(
+    "PhotometricInterpretation")
+cdef int WANTED_NUMBER_OF_FRAMES = WANTED_KEYWORDS.index("NumberOfFrames")
+cdef int WANTED_EXTENDED_OFFSETS = WANTED_KEYWORDS.index(
+    "ExtendedOffsetTable")
+cdef int WANTED_EXTENDED_LENGTHS = WANTED_KEYWORDS.index(
+    "ExtendedOffsetTableLengths")
 
 
 cdef struct Span:
@@ -570,6 +589,11 @@ cdef Py_ssize_t walk_dataset(Walk* w, Py_ssize_t pos, bint implicit,
         pos = end
 
 
+# --- decoded attributes ---------------------------------------------------
+
+include "decode.pxi"
+
+
 # --- results ----------------------------------------------------------------
 
 cdef class PixelLayout:
@@ -600,7 +624,49 @@ cdef class ParseResult:
     cdef public bint has_preamble, transfer_syntax_inferred, truncated
     cdef public bint ended_by_delimiter
     cdef public Py_ssize_t dataset_offset, end_offset
-    cdef public object meta, transfer_syntax, attributes, inflated, pixel
+    cdef public object meta, transfer_syntax, inflated, pixel
+    # The raw attributes, built from a copy of their bytes when first
+    # asked for: the store reads the decoded ones, so most parses never
+    # need them as a dict.
+    cdef object raw_attributes
+    cdef bytes raw_values
+    cdef Span raw_spans[N_WANTED]
+    cdef bint raw_little
+    # parse_decoded only: the decoded attributes and the keywords left to
+    # the Python decoder, handed over once the walk is done.
+    cdef object decoded, pending
+
+    @property
+    def attributes(self):
+        if self.raw_attributes is None:
+            self.raw_attributes = self.build_attributes()
+        return self.raw_attributes
+
+    @attributes.setter
+    def attributes(self, value):
+        self.raw_attributes = value
+
+    cdef dict build_attributes(self):
+        cdef int i
+        cdef Span s
+        cdef const unsigned char* values
+        attributes = {}
+        if self.raw_values is None:
+            # Not made by a walk: nothing was recorded.
+            return attributes
+        values = self.raw_values
+        for i in range(N_WANTED):
+            s = self.raw_spans[i]
+            if s.length < 0 or WANTED_DECODING[i] == DECODE_NOTHING:
+                continue
+            if WANTED_KINDS[i] == KIND_US:
+                if s.length >= 2:
+                    attributes[WANTED_KEYWORDS[i]] = rd16(
+                        values + s.offset, self.raw_little)
+            else:
+                attributes[WANTED_KEYWORDS[i]] = self.raw_values[
+                    s.offset:s.offset + s.length]
+        return attributes
 
     def __repr__(self) -> str:
         return (f"ParseResult(transfer_syntax={self.transfer_syntax!r}, "
@@ -648,21 +714,45 @@ cdef dict meta_dict(Walk* w):
     return meta
 
 
-cdef dict attributes_dict(Walk* w, bint little):
+cdef int keep_raw_values(Walk* w, ParseResult result,
+                         bint little) except -1:
+    """Copy the recorded values into one bytes object for
+    ParseResult.attributes: one allocation rather than one per value."""
     cdef int i
-    cdef Span s
-    attributes = {}
+    cdef Py_ssize_t total = 0
+    cdef char* out
     for i in range(N_WANTED):
-        s = w.wanted[i]
-        if s.length < 0:
-            continue
-        if _WANTED[i][2] == KIND_US:
-            if s.length >= 2:
-                attributes[_WANTED[i][1]] = rd16(w.buf + s.offset, little)
-        else:
-            attributes[_WANTED[i][1]] = PyBytes_FromStringAndSize(
-                <const char*>w.buf + s.offset, s.length)
-    return attributes
+        if w.wanted[i].length > 0:
+            total += w.wanted[i].length
+    result.raw_values = PyBytes_FromStringAndSize(NULL, total)
+    out = PyBytes_AS_STRING(result.raw_values)
+    total = 0
+    for i in range(N_WANTED):
+        result.raw_spans[i].length = w.wanted[i].length
+        result.raw_spans[i].offset = total
+        if w.wanted[i].length > 0:
+            memcpy(out + total, w.buf + w.wanted[i].offset,
+                   w.wanted[i].length)
+            total += w.wanted[i].length
+    result.raw_little = little
+    return 0
+
+
+cdef object wanted_bytes(Walk* w, int index):
+    """The raw value of a wanted attribute, None when absent."""
+    cdef Span s = w.wanted[index]
+    if s.length < 0:
+        return None
+    return PyBytes_FromStringAndSize(<const char*>w.buf + s.offset, s.length)
+
+
+cdef unsigned long long wanted_us(Walk* w, int index, bint little,
+                                  unsigned long long absent) noexcept nogil:
+    """A wanted US attribute, or absent when it is missing or short."""
+    cdef Span s = w.wanted[index]
+    if s.length < 2:
+        return absent
+    return rd16(w.buf + s.offset, little)
 
 
 def _strip_uid(raw: bytes) -> str:
@@ -739,12 +829,17 @@ def _inflate(data, offset: int) -> bytes:
 
 # --- pixel data layout ------------------------------------------------------
 
-cdef native_layout(PixelLayout layout, dict attributes):
-    frame_bits = (attributes.get("Rows", 0) * attributes.get("Columns", 0)
-                  * attributes.get("SamplesPerPixel", 1)
-                  * attributes.get("BitsAllocated", 0))
-    photometric = attributes.get("PhotometricInterpretation", b"")
-    if photometric.strip(b" \x00") == b"YBR_FULL_422":
+cdef native_layout(Walk* w, PixelLayout layout, bint little):
+    cdef unsigned long long frame_bits
+    cdef Span photometric = w.wanted[WANTED_PHOTOMETRIC]
+    cdef Py_ssize_t available_bits
+    frame_bits = (wanted_us(w, WANTED_ROWS, little, 0)
+                  * wanted_us(w, WANTED_COLUMNS, little, 0)
+                  * wanted_us(w, WANTED_SAMPLES, little, 1)
+                  * wanted_us(w, WANTED_BITS_ALLOCATED, little, 0))
+    if (photometric.length >= 0
+            and strip_both(w.buf + photometric.offset, photometric.length)
+            == b"YBR_FULL_422"):
         # Native YBR_FULL_422 keeps one Cb and one Cr for every two Y
         # samples: two thirds of the three-sample size (PS3.3 C.7.6.3.1.2).
         frame_bits = frame_bits // 3 * 2
@@ -755,8 +850,18 @@ cdef native_layout(PixelLayout layout, dict attributes):
         # Without the image geometry the value cannot be split: no frames.
         layout.frame_count = 0
         return
-    layout.frame_count = min(layout.frames_announced,
-                             available_bits // frame_bits)
+    layout.frame_count = min(
+        layout.frames_announced,
+        <Py_ssize_t>(<unsigned long long>available_bits // frame_bits))
+
+
+cdef bytes strip_both(const unsigned char* p, Py_ssize_t n):
+    """The bytes with padding (spaces, NULs) stripped at both ends."""
+    cdef Py_ssize_t start = 0
+    n = strip_end(p, n)
+    while start < n and is_padding(p[start]):
+        start += 1
+    return PyBytes_FromStringAndSize(<const char*>p + start, n - start)
 
 
 cdef list item_fragments(Walk* w, Py_ssize_t pos, Py_ssize_t end,
@@ -862,10 +967,10 @@ cdef tuple map_fragments(Walk* w, list bot, list offsets, list lengths,
     return list(range(n)), [1] * n
 
 
-cdef object extended_mapping(PixelLayout layout, dict raw_tables,
-                             bint little, Py_ssize_t first_item):
-    eot = raw_tables.get("ExtendedOffsetTable")
-    eot_lengths = raw_tables.get("ExtendedOffsetTableLengths")
+cdef object extended_mapping(Walk* w, PixelLayout layout, bint little,
+                             Py_ssize_t first_item):
+    eot = wanted_bytes(w, WANTED_EXTENDED_OFFSETS)
+    eot_lengths = wanted_bytes(w, WANTED_EXTENDED_LENGTHS)
     if eot is None or eot_lengths is None:
         return None
     layout.extended_offset_table = u_array(eot, 8, little)
@@ -877,7 +982,7 @@ cdef object extended_mapping(PixelLayout layout, dict raw_tables,
                       first_item)
 
 
-cdef encapsulated_layout(Walk* w, PixelLayout layout, dict raw_tables):
+cdef encapsulated_layout(Walk* w, PixelLayout layout):
     cdef bint little = w.pixel_little
     cdef Py_ssize_t end = layout.end_offset
     layout.basic_offset_table = []
@@ -902,7 +1007,7 @@ cdef encapsulated_layout(Walk* w, PixelLayout layout, dict raw_tables):
     layout.fragment_offsets = item_fragments(w, first_item, end, little,
                                              lengths)
     layout.fragment_lengths = lengths
-    mapped = extended_mapping(layout, raw_tables, little, first_item)
+    mapped = extended_mapping(w, layout, little, first_item)
     if mapped is None:
         mapped = map_fragments(w, bot, layout.fragment_offsets, lengths,
                                layout.frames_announced)
@@ -910,15 +1015,18 @@ cdef encapsulated_layout(Walk* w, PixelLayout layout, dict raw_tables):
     layout.frame_count = len(mapped[0])
 
 
-cdef PixelLayout pixel_layout(Walk* w, dict attributes, dict raw_tables):
+cdef PixelLayout pixel_layout(Walk* w, bint little):
     cdef PixelLayout layout = PixelLayout()
+    cdef Span number_of_frames = w.wanted[WANTED_NUMBER_OF_FRAMES]
     layout.element_offset = w.pixel_element
     layout.value_offset = w.pixel_value
     layout.end_offset = w.pixel_end
     layout.value_length = w.pixel_length
     layout.encapsulated = w.pixel_length < 0
     layout.truncated = w.pixel_truncated
-    frames = integer_string(attributes.get("NumberOfFrames"))
+    frames = (integer_value(w.buf + number_of_frames.offset,
+                            number_of_frames.length)
+              if number_of_frames.length >= 0 else None)
     # An IS may spell any integer ("1e300" is one); no buffer holds more
     # frames than PY_SSIZE_T_MAX, so larger counts compare the same
     # clamped to it.
@@ -926,9 +1034,9 @@ cdef PixelLayout pixel_layout(Walk* w, dict attributes, dict raw_tables):
                                if frames is not None and frames > 0
                                else 1)
     if layout.encapsulated:
-        encapsulated_layout(w, layout, raw_tables)
+        encapsulated_layout(w, layout)
     else:
-        native_layout(layout, attributes)
+        native_layout(w, layout, little)
     return layout
 
 
@@ -945,7 +1053,7 @@ cdef tuple syntax_encoding(str syntax):
 
 
 cdef ParseResult walk_body(Walk* w, ParseResult result, Py_ssize_t pos,
-                           str where):
+                           str where, object classify):
     cdef bint implicit, little
     implicit, little = syntax_encoding(result.transfer_syntax)
     w.pixel_little = little
@@ -953,16 +1061,16 @@ cdef ParseResult walk_body(Walk* w, ParseResult result, Py_ssize_t pos,
                                  where)
     result.truncated = w.truncated
     result.ended_by_delimiter = w.ended_by_delimiter
-    attributes = attributes_dict(w, little)
-    raw_tables = {key: attributes.pop(key) for key in _PIXEL_ONLY
-                  if key in attributes}
-    result.attributes = attributes
-    result.pixel = (pixel_layout(w, attributes, raw_tables)
-                    if w.pixel_found else None)
+    keep_raw_values(w, result, little)
+    result.pixel = pixel_layout(w, little) if w.pixel_found else None
+    if classify is not None:
+        result.decoded, result.pending = decoded_attributes(w, little,
+                                                            classify)
     return result
 
 
-cdef ParseResult parse_inflated(ParseResult result, object deflated):
+cdef ParseResult parse_inflated(ParseResult result, object deflated,
+                                object classify):
     cdef Walk* w
     cdef Py_buffer view
     inflated = _inflate(deflated, result.dataset_offset)
@@ -973,13 +1081,15 @@ cdef ParseResult parse_inflated(ParseResult result, object deflated):
         if w == NULL:
             raise MemoryError()
         init_walk(w, <const unsigned char*>view.buf, view.len)
-        return walk_body(w, result, 0, " in the inflated dataset")
+        return walk_body(w, result, 0, " in the inflated dataset",
+                         classify)
     finally:
         PyMem_Free(w)
         PyBuffer_Release(&view)
 
 
-cdef ParseResult parse_view(Walk* w, object buffer, object syntax):
+cdef ParseResult parse_view(Walk* w, object buffer, object syntax,
+                            object classify):
     cdef ParseResult result = ParseResult()
     cdef Py_ssize_t pos = 0
     result.meta = {}
@@ -996,18 +1106,37 @@ cdef ParseResult parse_view(Walk* w, object buffer, object syntax):
     result.transfer_syntax_inferred = syntax is None
     if syntax == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
         result.transfer_syntax = syntax
-        return parse_inflated(result, memoryview(buffer)[pos:])
+        return parse_inflated(result, memoryview(buffer)[pos:], classify)
     # Command group elements (0000,eeee) are implicit VR little endian
     # wherever they appear (PS3.7 6.3); skip them as pydicom does.
     pos = run_walk(w, pos, True, True, MODE_COMMAND, "")
     result.transfer_syntax = (syntax if syntax is not None
                               else infer_syntax(w.buf, w.size, pos))
-    return walk_body(w, result, pos, "")
+    return walk_body(w, result, pos, "", classify)
 
 
 def parse(buffer, transfer_syntax=None):
     """Walk a DICOM Part 10 file, or a bare dataset when transfer_syntax is
     given, held in any contiguous bytes-like object."""
+    return parse_buffer(buffer, transfer_syntax, None)
+
+
+def parse_decoded(buffer, transfer_syntax, classify):
+    """parse, and the recorded attributes decoded as
+    pacsstore.parsing.decode_value decodes them: (result, attributes,
+    pending), where pending lists the keywords (holding None) that the
+    Python decoder must finish, or is None. classify(raw Specific
+    Character Set value or None) gives one of the CHARSET_ modes; it must
+    depend on the value alone, since its answers are cached."""
+    cdef ParseResult result = parse_buffer(buffer, transfer_syntax,
+                                           classify)
+    decoded, pending = result.decoded, result.pending
+    result.decoded = result.pending = None
+    return result, decoded, pending
+
+
+cdef ParseResult parse_buffer(object buffer, object transfer_syntax,
+                              object classify):
     cdef Py_buffer view
     cdef Walk* w
     if transfer_syntax is not None and not isinstance(transfer_syntax, str):
@@ -1018,7 +1147,7 @@ def parse(buffer, transfer_syntax=None):
         if w == NULL:
             raise MemoryError()
         init_walk(w, <const unsigned char*>view.buf, view.len)
-        return parse_view(w, buffer, transfer_syntax)
+        return parse_view(w, buffer, transfer_syntax, classify)
     finally:
         PyMem_Free(w)
         PyBuffer_Release(&view)

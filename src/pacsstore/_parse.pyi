@@ -14,6 +14,7 @@ Malformed input raises :class:`pacsstore.errors.MalformedDicomError`
 (a ``ValueError``) naming the tag and byte offset.
 """
 
+from collections.abc import Callable
 from mmap import mmap
 
 Buffer = bytes | bytearray | memoryview | mmap
@@ -92,7 +93,9 @@ class ParseResult:
     # Query attributes of the top-level dataset by keyword. US values
     # (Rows, Columns, BitsAllocated, SamplesPerPixel, ...) are ints; text
     # values are the raw value bytes, padding included, undecoded (decode
-    # them with the dataset's SpecificCharacterSet).
+    # them with the dataset's SpecificCharacterSet). Built on first access
+    # from a copy of the values taken during the walk, so it stays valid
+    # after the buffer changes or closes.
     attributes: dict[str, bytes | int]
     # Deflated transfer syntax only: the inflated dataset, to which the
     # pixel layout offsets refer.
@@ -108,6 +111,34 @@ class ParseResult:
     truncated: bool
 
 def parse(buffer: Buffer, transfer_syntax: str | None = None) -> ParseResult: ...
+
+# The value representation of each recorded attribute but the US ones, and
+# the attributes that are a tuple even with one value.
+VALUE_REPRESENTATIONS: dict[str, str]
+ALWAYS_TUPLE: frozenset[str]
+
+# How text of the character-set VRs (SH, LO, PN, ST, LT, UC, UT) may decode
+# natively, by the dataset's first character set: not at all, ASCII only,
+# any ISO 8859-1 text, valid UTF-8. Text with code extensions (ESC) never
+# decodes natively.
+CHARSET_PYTHON: int
+CHARSET_ASCII: int
+CHARSET_LATIN1: int
+CHARSET_UTF8: int
+
+def parse_decoded(
+    buffer: Buffer, transfer_syntax: str | None,
+    classify: Callable[[bytes | None], int],
+) -> tuple[ParseResult, dict[str, str | int | tuple | None],
+           list[str] | None]:
+    """``parse``, and the recorded attributes decoded exactly as
+    ``pacsstore.parsing.decode_value`` decodes them: (result, attributes,
+    pending). Values the walker cannot decode with certainty (code
+    extensions, bytes outside ASCII in a character set other than ISO
+    8859-1 and UTF-8, invalid UTF-8) hold None and their keywords are in
+    pending (None when there are none), for the Python decoder to finish.
+    ``classify`` maps a raw Specific Character Set value (None when
+    absent) to a CHARSET_ mode; its answers are cached by value."""
 
 def integer_string(raw: bytes | None) -> int | None:
     """An IS value as pydicom reads it ("12", " 3 ", "1.0"); None when it

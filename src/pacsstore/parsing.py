@@ -6,6 +6,12 @@ into Python values. Nothing else of the dataset is touched: the walker
 recorded where those values lie, and only they are decoded, so the cost of
 a header does not grow with the number of elements in the file.
 
+The walker decodes nearly all of them itself, straight from the buffer
+(``parse_decoded``): the default repertoire, ISO_IR 100 and UTF-8 text,
+and ASCII text in any other character set. :func:`decode_value` is the
+definition it follows exactly, and decodes what the walker leaves pending
+(code extensions, other bytes in other character sets).
+
 Decoding follows pydicom, the reference the tests hold it to: text in the
 dataset's Specific Character Set through :mod:`pydicom.charset`, trailing
 spaces and NULs stripped, a Person Name in its DICOM form (components
@@ -16,6 +22,7 @@ tuple (always for Image Type and Specific Character Set).
 
 from __future__ import annotations
 
+import codecs
 import logging
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,58 +33,34 @@ from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.values import convert_PN
 from pydicom.valuerep import PersonName, TEXT_VR_DELIMS
 
-from pacsstore._parse import (ParseResult, PixelLayout, integer_string,
-                              parse)
+from pacsstore._parse import (ALWAYS_TUPLE, CHARSET_ASCII, CHARSET_LATIN1,
+                              CHARSET_PYTHON, CHARSET_UTF8,
+                              VALUE_REPRESENTATIONS, ParseResult,
+                              PixelLayout, integer_string, parse_decoded)
 
 logger = logging.getLogger(__name__)
 
 Buffer = Union[bytes, bytearray, memoryview, mmap]
 Value = Union[str, int, tuple, None]
 
-# The value representation of each attribute the walker records; it decides
-# how the raw bytes decode.
-_VR = {
-    "SpecificCharacterSet": "CS", "ImageType": "CS",
-    "SOPClassUID": "UI", "SOPInstanceUID": "UI",
-    "StudyInstanceUID": "UI", "SeriesInstanceUID": "UI",
-    "StudyDate": "DA", "SeriesDate": "DA", "ContentDate": "DA",
-    "PatientBirthDate": "DA", "PerformedProcedureStepStartDate": "DA",
-    "StudyTime": "TM", "SeriesTime": "TM", "ContentTime": "TM",
-    "PerformedProcedureStepStartTime": "TM",
-    "AcquisitionDateTime": "DT",
-    "AccessionNumber": "SH", "StudyID": "SH",
-    "Modality": "CS", "PatientSex": "CS", "BodyPartExamined": "CS",
-    "PhotometricInterpretation": "CS",
-    "Manufacturer": "LO", "InstitutionName": "LO", "PatientID": "LO",
-    "IssuerOfPatientID": "LO", "StudyDescription": "LO",
-    "SeriesDescription": "LO",
-    "PatientName": "PN", "ReferringPhysicianName": "PN",
-    "PatientAge": "AS",
-    "SeriesNumber": "IS", "InstanceNumber": "IS", "NumberOfFrames": "IS",
-    "AcquisitionNumber": "IS",
-    "AcquisitionDate": "DA", "AcquisitionTime": "TM",
-    "PatientBirthTime": "TM",
-    "StationName": "SH", "EthnicGroup": "SH", "Occupation": "SH",
-    "InstitutionalDepartmentName": "LO", "ManufacturerModelName": "LO",
-    "AdmittingDiagnosesDescription": "LO", "OtherPatientIDs": "LO",
-    "ProtocolName": "LO", "PerformedProcedureStepDescription": "LO",
-    "PerformingPhysicianName": "PN", "NameOfPhysiciansReadingStudy": "PN",
-    "OperatorsName": "PN", "OtherPatientNames": "PN",
-    "AdditionalPatientHistory": "LT", "PatientComments": "LT",
-    "Laterality": "CS",
-}
+# The value representation of each attribute the walker records (all but
+# its US ones); it decides how the raw bytes decode.
+_VR = VALUE_REPRESENTATIONS
 # VRs whose text is in the dataset's character set (PS3.5 6.1.2.3); the
 # others are in the default repertoire.
 _CHARSET_VRS = frozenset(("SH", "LO", "PN", "ST", "LT", "UC", "UT"))
 # Text VRs of one value, in which a backslash is text (PS3.5 6.2).
 _SINGLE_TEXT_VRS = frozenset(("ST", "LT", "UT"))
 _TEXT_DELIMITERS = TEXT_VR_DELIMS
-_ALWAYS_TUPLE = frozenset(("ImageType", "SpecificCharacterSet"))
+_ALWAYS_TUPLE = ALWAYS_TUPLE
 # pydicom's default_encoding: the default repertoire read leniently.
 _DEFAULT_ENCODING = "iso8859"
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass pays object.__setattr__ per field on
+# every construction, a tenth of a whole header parse; nothing assigns to
+# a Header after read_header made it.
+@dataclass(slots=True)
 class Header:
     """What the store needs of one instance: the walk and the decoded
     attributes (absent ones are simply missing from ``attributes``)."""
@@ -113,12 +96,17 @@ def read_header(buffer: Buffer,
     Raises :class:`pacsstore.errors.MalformedDicomError` where the bytes
     cannot be walked safely.
     """
-    result = parse(buffer, transfer_syntax)
-    raw = result.attributes
-    encodings = _encodings(raw.get("SpecificCharacterSet"))
-    attributes = {keyword: decode_value(keyword, value, encodings)
-                  for keyword, value in raw.items()}
-    return Header(result=result, attributes=attributes)
+    # The walker decodes nearly every value itself, exactly as
+    # decode_value would; what it leaves pending is decoded here.
+    result, attributes, pending = parse_decoded(buffer, transfer_syntax,
+                                                _charset_mode)
+    if pending:
+        raw = result.attributes
+        encodings = _encodings(raw.get("SpecificCharacterSet"))
+        for keyword in pending:
+            attributes[keyword] = decode_value(keyword, raw[keyword],
+                                               encodings)
+    return Header(result, attributes)
 
 
 def decode_value(keyword: str, raw: bytes | int,
@@ -185,6 +173,32 @@ def _charset_encodings(raw: bytes) -> tuple[str, ...]:
         # A term that codecs cannot even look up (one with a NUL inside):
         # read as pydicom reads an unknown character set, in the default.
         return (_DEFAULT_ENCODING,)
+
+
+# Bytes that decode the same in every character set the native fast path
+# reads as ASCII (ESC is excluded: it starts a code extension).
+_ASCII_SAMPLE = bytes(c for c in range(0x80) if c != 0x1B)
+
+
+@lru_cache(maxsize=64)
+def _charset_mode(raw: bytes | None) -> int:
+    """How the native walker may decode text in this Specific Character
+    Set (one of the CHARSET_ modes of pacsstore._parse). Without code
+    extensions text decodes in the first character set alone (pydicom's
+    decode_bytes), so that one decides."""
+    encodings = _encodings(raw)
+    try:
+        name = codecs.lookup(encodings[0]).name
+        if name == "iso8859-1":
+            return CHARSET_LATIN1
+        if name == "utf-8":
+            return CHARSET_UTF8
+        if (_ASCII_SAMPLE.decode(encodings[0])
+                == _ASCII_SAMPLE.decode("ascii")):
+            return CHARSET_ASCII
+    except (IndexError, LookupError, UnicodeError):
+        pass
+    return CHARSET_PYTHON
 
 
 def _text_or_none(value: Value) -> str | None:
