@@ -1,6 +1,7 @@
 """The node's association threads: the event-driven reactors that replace
 pynetdicom's polling loops, and the fast path that runs the data transfer
-phase of storage associations.
+phase of storage and C-FIND associations (its C-FIND exchange is tested in
+test_net_fastfind.py).
 
 Most tests run twice, once through the fast path and once through
 pynetdicom's own data transfer phase (with the fast path refused), and
@@ -39,6 +40,7 @@ pytestmark = pytest.mark.network
 
 VERIFICATION = "1.2.840.10008.1.1"
 STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+STUDY_ROOT_MOVE = "1.2.840.10008.5.1.4.1.2.2.2"
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.8.498.1"
 # Seconds a test waits for the node before it fails; only bounds a hang.
 PATIENCE = 20
@@ -490,11 +492,13 @@ def test_fastpath_answers_only_once_the_store_returned(archive, series,
 
 # The fast path's own rules -------------------------------------------------
 
-def test_fastpath_not_taken_with_query_retrieve_contexts(archive):
+def test_fastpath_not_taken_with_retrieve_contexts(archive):
+    # C-MOVE and C-GET run sub-operations, which stay with pynetdicom.
     with Node(archive, port=0) as running:
         peer = RawPeer(running.port, [
             (1, CTImageStorage, [ExplicitVRLittleEndian]),
-            (3, STUDY_ROOT_FIND, [ExplicitVRLittleEndian])])
+            (3, STUDY_ROOT_FIND, [ExplicitVRLittleEndian]),
+            (5, STUDY_ROOT_MOVE, [ExplicitVRLittleEndian])])
         try:
             assoc = acceptor(running)
             assert assoc.dul.decided.wait(PATIENCE)

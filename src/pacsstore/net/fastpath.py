@@ -1,4 +1,5 @@
-"""The data transfer phase of a storage association, in one thread.
+"""The data transfer phase of a storage or query association, in one
+thread.
 
 pynetdicom spends about a millisecond of CPU on every DIMSE message
 whatever it carries: the command set becomes a pydicom Dataset on the
@@ -8,39 +9,43 @@ message crosses two threads. For a peer that sends thousands of small
 instances, one at a time, that is most of the time it waits.
 
 So once pynetdicom has negotiated an association on which the node is
-only a storage SCP (every accepted context is a storage SOP class or
-Verification, with the node in the SCP role, over plain TCP), the
-association thread takes the socket and runs the data transfer phase
-itself: it reads each PDU whole (PS3.8 9.3.1), puts P-DATA-TF fragments
+only a storage or C-FIND SCP (every accepted context is a storage SOP
+class, a C-FIND information model or Verification, with the node in the
+SCP role, over plain TCP), the association thread takes the socket and
+runs the data transfer phase itself: it reads each PDU whole (PS3.8 9.3.1), puts P-DATA-TF fragments
 back together into command set and data set (PS3.8 annex E), decodes the
 command set (implicit VR little endian, group 0000, PS3.7 6.3) with
-``struct``, hands the request to the handler bound to EVT_C_STORE or
+``struct``, hands the request to the handler bound to EVT_C_STORE, EVT_C_FIND or
 EVT_C_ECHO as the same pynetdicom :class:`~pynetdicom.events.Event`
-pynetdicom would, and writes the response straight onto the socket. It
+pynetdicom would, and writes the response straight onto the socket
+(C-FIND's exchange of pending responses and C-CANCEL is in
+:mod:`pacsstore.net.fastpath_find`). It
 answers A-RELEASE-RQ and A-ABORT as PS3.8 9.2 does in state Sta6, and
 aborts with the reason of PS3.8 Table 9-26 on anything it cannot accept:
 a PDU it does not expect, a PDU longer than the maximum the node
 announced, fragments that do not make a message, a command set that
-cannot be decoded, a context that was not accepted; a request that no
-storage SOP class defines is aborted as pynetdicom aborts it.
+cannot be decoded, a context that was not accepted; a request that the
+context's SOP class does not define is aborted as pynetdicom aborts it.
 
-It fires EVT_C_STORE, EVT_C_ECHO, EVT_RELEASED, EVT_ABORTED and
+It fires EVT_C_STORE, EVT_C_FIND, EVT_C_ECHO, EVT_RELEASED, EVT_ABORTED and
 EVT_CONN_CLOSE, and logs pynetdicom's info lines, but not the events
 pynetdicom fires for every PDU and message (EVT_PDU_RECV, EVT_DIMSE_RECV
 and the like). An association is therefore handed to it only when every
 handler bound to those is one it stands in for (:func:`eligible`), and
 never while pynetdicom logs at debug level: whoever debugs the node
-sees pynetdicom's whole path. Everything else (negotiation, query and
-retrieve, TLS) stays with pynetdicom.
+sees pynetdicom's whole path. Everything else (negotiation, C-MOVE,
+C-GET, storage commitment, TLS) stays with pynetdicom.
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
 import struct
 import threading
+from collections import deque
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any, Callable, Iterator
@@ -54,6 +59,8 @@ from pynetdicom._handlers import (standard_dimse_recv_handler,
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification, uid_to_service_class
+
+from pacsstore.net.contexts import FIND_MODELS
 
 # pynetdicom's loggers: the lines it would log are logged under its names.
 _assoc_log = logging.getLogger("pynetdicom.association")
@@ -78,9 +85,11 @@ LAST_FRAGMENT = 0x02
 # Command fields (PS3.7 E.1) and Command Data Set Type's "no data set".
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
+C_FIND_RQ, C_FIND_RSP = 0x0020, 0x8020
 C_CANCEL_RQ = 0x0FFF
 RESPONSE_BIT = 0x8000
 NO_DATA_SET = 0x0101
+DATA_SET_PRESENT = 0x0001  # any other value says so; pynetdicom sends 1
 
 # Statuses the loop itself answers with (PS3.7 C).
 HANDLER_FAILED = 0xC211        # pynetdicom's for a handler that raised
@@ -131,14 +140,15 @@ class _Closed(Exception):
 
 def eligible(assoc: Any) -> bool:
     """Whether the data transfer phase of ``assoc``, just negotiated, can
-    be run by :class:`StorageLoop` without changing what anyone sees."""
+    be run by :class:`DataTransferLoop` without changing what anyone
+    sees."""
     if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
         return False
     sock = assoc.dul.socket.socket if assoc.dul.socket else None
     if sock is None or isinstance(sock, ssl.SSLSocket):
         return False
     contexts = list(assoc._accepted_cx.values())
-    if not contexts or not all(map(_storage_scp, contexts)):
+    if not contexts or not all(map(_served_here, contexts)):
         return False
     stood_in = _stood_in_handlers()
     for event in _PER_MESSAGE_EVENTS:
@@ -148,12 +158,18 @@ def eligible(assoc: Any) -> bool:
     return True
 
 
-def _storage_scp(context: Any) -> bool:
-    if not context.as_scp:
-        return False
+def _served_here(context: Any) -> bool:
+    return bool(context.as_scp) and (_storage(context) or _find(context))
+
+
+def _storage(context: Any) -> bool:
     uid = str(context.abstract_syntax)
     return uid == Verification or \
         uid_to_service_class(uid) is StorageServiceClass
+
+
+def _find(context: Any) -> bool:
+    return str(context.abstract_syntax) in FIND_MODELS
 
 
 _PER_MESSAGE_EVENTS = (
@@ -164,7 +180,7 @@ _PER_MESSAGE_EVENTS = (
 
 def _stood_in_handlers() -> set[Callable[..., Any]]:
     """Handlers of per-message events whose work the loop does itself or
-    that have nothing to do on a storage association."""
+    that have nothing to do on the associations the loop serves."""
     # Imported here: pacsstore.net.handlers imports the reactor, which
     # imports this module.
     from pacsstore.net.handlers import handle_dimse_recv
@@ -193,6 +209,7 @@ class Command:
     has_data_set: bool = False
     affected_sop_class: str | None = None
     affected_sop_instance: str | None = None
+    responded_to: int | None = None
     priority: int | None = None
     move_originator_ae: str | None = None
     move_originator_id: int | None = None
@@ -231,6 +248,7 @@ def decode_command(raw: bytes | bytearray | memoryview) -> Command:
         and data_set_type != NO_DATA_SET,
         affected_sop_class=_text(values, _AFFECTED_SOP_CLASS),
         affected_sop_instance=_text(values, _AFFECTED_SOP_INSTANCE),
+        responded_to=_unsigned(values, _RESPONDED_TO),
         priority=_unsigned(values, _PRIORITY),
         move_originator_ae=_text(values, _MOVE_ORIGINATOR_AE),
         move_originator_id=_unsigned(values, _MOVE_ORIGINATOR_ID))
@@ -310,15 +328,17 @@ def _status_fields(status: Any) -> tuple[int, str | None, list[int] | None]:
 
 # PDUs ----------------------------------------------------------------------
 
-def p_data_pdus(context_id: int, command: bytes,
-                max_length: int) -> Iterator[bytes]:
-    """The P-DATA-TF PDUs carrying ``command`` as the only part of a
-    message, each no longer than the peer's maximum (0: no limit)."""
-    room = len(command) if not max_length else max(1, max_length - 6)
-    for start in range(0, len(command), room):
-        fragment = command[start:start + room]
-        control = COMMAND | (LAST_FRAGMENT if start + room >= len(command)
-                             else 0)
+def p_data_pdus(context_id: int, value: bytes, max_length: int, *,
+                command: bool = True) -> Iterator[bytes]:
+    """The P-DATA-TF PDUs carrying ``value``, a command set (or, with
+    ``command=False``, a data set) in one PDV per PDU, each PDU no longer
+    than the peer's maximum (0: no limit)."""
+    room = len(value) if not max_length else max(1, max_length - 6)
+    kind = COMMAND if command else 0
+    for start in range(0, max(len(value), 1), room or 1):
+        fragment = value[start:start + room]
+        last = start + room >= len(value)
+        control = kind | (LAST_FRAGMENT if last else 0)
         pdv = _PDV_HEADER.pack(len(fragment) + 2, context_id, control)
         yield _PDU_HEADER.pack(P_DATA_TF, 0, len(pdv) + len(fragment)) \
             + pdv + fragment
@@ -350,6 +370,22 @@ def pdv_items(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
         offset += 4 + length
 
 
+def _is_cancel_of(kind: int, body: memoryview, message_id: int) -> bool:
+    """Whether a PDU is a whole C-CANCEL-RQ for ``message_id``: one PDV,
+    the last fragment of a command set (PS3.7 9.3.2.3 sends it so)."""
+    if kind != P_DATA_TF:
+        return False
+    items = list(pdv_items(body))
+    if len(items) != 1:
+        return False
+    _, control, value = items[0]
+    if control != COMMAND | LAST_FRAGMENT:
+        return False
+    command = decode_command(value)
+    return command.field == C_CANCEL_RQ and \
+        command.responded_to == message_id
+
+
 class _Message:
     """A DIMSE message being put together from its fragments."""
 
@@ -363,7 +399,7 @@ class _Message:
         self.data_fragments: list[memoryview] = []
 
 
-class StorageLoop:
+class DataTransferLoop:
     """Runs an association's data transfer phase; one per association,
     run by its own thread. ``abort`` may be called from any thread."""
 
@@ -377,6 +413,10 @@ class StorageLoop:
         self._send_lock = threading.Lock()
         self._aborted_here = False
         self._header = bytearray(_PDU_HEADER.size)
+        # PDUs read ahead while looking for a C-CANCEL, served next; and
+        # an ending met while looking, raised when the loop reads on.
+        self._held: deque[tuple[int, memoryview]] = deque()
+        self._held_ending: BaseException | None = None
         # The node's mark for a C-STORE-RQ without Affected SOP Instance
         # UID, as its EVT_DIMSE_RECV handler sets it (see eligible()).
         from pacsstore.net.handlers import MISSING_UID
@@ -411,7 +451,7 @@ class StorageLoop:
     def _serve(self) -> None:
         message: _Message | None = None
         while True:
-            kind, body = self._read_pdu()
+            kind, body = self._next_pdu()
             if kind == P_DATA_TF:
                 for context_id, control, value in pdv_items(body):
                     message = self._add(message, context_id, control, value)
@@ -429,6 +469,14 @@ class StorageLoop:
             else:
                 raise ProtocolError(f"PDU type 0x{kind:02X} is not a DICOM "
                                     f"PDU", UNRECOGNIZED_PDU)
+
+    def _next_pdu(self) -> tuple[int, memoryview]:
+        if self._held:
+            return self._held.popleft()
+        if self._held_ending is not None:
+            ending, self._held_ending = self._held_ending, None
+            raise ending
+        return self._read_pdu()
 
     def _read_pdu(self) -> tuple[int, memoryview]:
         header = self._header
@@ -503,14 +551,22 @@ class StorageLoop:
         command = message.command
         assert command is not None
         context = self.contexts[message.context_id]
-        if command.field == C_STORE_RQ:
+        if command.field == C_STORE_RQ and _storage(context):
             data = b"".join(message.data_fragments)
             message.data_fragments.clear()
             self._store(command, context, data)
+        elif command.field == C_FIND_RQ and _find(context):
+            from pacsstore.net.fastpath_find import answer_find
+            data = b"".join(message.data_fragments)
+            message.data_fragments.clear()
+            answer_find(self, command, context, data)
         elif command.field == C_ECHO_RQ:
             self._echo(command, context)
         elif command.field == C_CANCEL_RQ:
-            pass  # each C-STORE is answered before the next is read
+            # Every request is answered in full before the next message
+            # is read: a C-CANCEL read here came too late to cancel
+            # anything, and PS3.7 9.3.2.3 gives it no response.
+            pass
         elif command.field & RESPONSE_BIT:
             _dimse_log.warning(f"Received unexpected response 0x"
                                f"{command.field:04X}, ignoring")
@@ -602,15 +658,17 @@ class StorageLoop:
         self._respond(context, encode_command(elements))
 
     def _refuse(self, command: Command) -> None:
-        """A request no storage SOP class defines (a C-FIND on a CT
-        Image Storage context, say): aborted, as pynetdicom aborts it."""
+        """A request the context's SOP class does not define (a C-FIND on
+        a CT Image Storage context, say): aborted, as pynetdicom aborts
+        it."""
         _dimse_log.warning(f"Received request 0x{command.field:04X}, which "
-                           f"a storage association does not serve; "
+                           f"its presentation context does not serve; "
                            f"aborting")
         self.assoc.abort()
 
     def _intervention(self, event: Any, request: Any, context: Any,
-                      error_message: str, error_status: int) -> Any:
+                      error_message: str, error_status: int,
+                      **attributes: Any) -> Any:
         """Call the handler bound to ``event`` as pynetdicom's service
         classes do: with the non-blocking abort in place, and a handler
         that raises answered with ``error_status``."""
@@ -618,7 +676,8 @@ class StorageLoop:
         assoc.abort = assoc._abort_nonblocking
         try:
             return evt.trigger(assoc, event, {
-                "request": request, "context": context.as_tuple})
+                "request": request, "context": context.as_tuple,
+                **attributes})
         except Exception as exc:  # noqa: BLE001 - pynetdicom's policy
             _service_log.error(error_message)
             _service_log.exception(exc)
@@ -626,9 +685,44 @@ class StorageLoop:
         finally:
             assoc.abort = assoc._abort_blocking
 
-    def _respond(self, context: Any, command: bytes) -> None:
-        self._send(b"".join(p_data_pdus(int(context.context_id), command,
-                                        self.send_limit)))
+    def _respond(self, context: Any, command: bytes,
+                 data: bytes | None = None) -> None:
+        """Send a message: its command set, then its data set if any, in
+        one write."""
+        context_id = int(context.context_id)
+        pdus = list(p_data_pdus(context_id, command, self.send_limit))
+        if data is not None:
+            pdus += p_data_pdus(context_id, data, self.send_limit,
+                                command=False)
+        self._send(b"".join(pdus))
+
+    def cancel_requested(self, message_id: int) -> bool:
+        """Whether the peer has sent a C-CANCEL-RQ for ``message_id``,
+        looking only at what already arrived (the loop does not wait).
+
+        Anything else that arrived is held and served after the current
+        request, in order. A closed connection or a broken PDU found
+        while looking counts as a cancel: nobody is left to answer, and
+        the loop ends on it as soon as the request is done."""
+        if self._held or self._held_ending is not None:
+            return self._held_ending is not None
+        try:
+            while select.select([self.sock], [], [], 0)[0]:
+                kind, body = self._read_pdu()
+                if _is_cancel_of(kind, body, message_id):
+                    return True
+                self._held.append((kind, body))
+                return False
+        except (ProtocolError, _Closed, OSError) as ending:
+            self._held_ending = ending
+            return True
+        return False
+
+    @property
+    def ending_held(self) -> bool:
+        """Whether the connection was found closed or broken while the
+        loop looked for a C-CANCEL: nothing more should be sent."""
+        return self._held_ending is not None
 
     # Ends ---------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from pynetdicom.events import Event
 from pacsstore.errors import PacsstoreError
 from pacsstore.net.access import PeerTable
 from pacsstore.net.contexts import FIND_MODELS, GET_MODELS, MOVE_MODELS
+from pacsstore.net.identifiers import request_identifier
 from pacsstore.net.retrieve import (ReadingArchive, StoredInstance,
                                     destination_contexts,
                                     send_stored_instances,
@@ -104,10 +105,7 @@ def checked_identifier(event: Event, model: str) -> Dataset:
     """The request's identifier, decoded, with a Query/Retrieve Level of
     ``model``; otherwise :class:`_Refusal`."""
     try:
-        identifier = event.identifier
-        # pydicom decodes an element when it is first read: read them
-        # all, sequence items included, before the matcher does.
-        identifier.walk(lambda dataset, element: None)
+        identifier = request_identifier(event)
     except Exception as error:  # noqa: BLE001 - hostile bytes
         # pydicom raises whatever its decoders raise on bad bytes
         # (ValueError, struct.error, KeyError, ...): the peer gets the

@@ -263,7 +263,7 @@ class EventDrivenAssociation(Association):
 
     _wake: threading.Event
     _fast_lock: threading.Lock
-    _fast: fastpath.StorageLoop | None
+    _fast: fastpath.DataTransferLoop | None
 
     @classmethod
     def adopt(cls, assoc: Association) -> None:
@@ -284,10 +284,10 @@ class EventDrivenAssociation(Association):
         self.wake()
         super().kill()
 
-    def _fast_loop(self) -> fastpath.StorageLoop:
+    def _fast_loop(self) -> fastpath.DataTransferLoop:
         with self._fast_lock:
             if self._fast is None:
-                self._fast = fastpath.StorageLoop(self)
+                self._fast = fastpath.DataTransferLoop(self)
             return self._fast
 
     def _abort_blocking(self, block: bool = True) -> None:
@@ -305,8 +305,8 @@ class EventDrivenAssociation(Association):
     def release(self) -> None:
         if self.dul.handed_over:
             raise RuntimeError(
-                "a storage association is released by its requestor; "
-                "the node can only abort it")
+                "an association on the lean path is released by its "
+                "requestor; the node can only abort it")
         super().release()
 
     def _wait_limit(self) -> float:

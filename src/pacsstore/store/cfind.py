@@ -40,20 +40,23 @@ the request's SpecificCharacterSet (or none when the request had none).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydicom.charset import convert_encodings, custom_encoders
+from pydicom.datadict import dictionary_has_tag, dictionary_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 from pydicom.valuerep import PersonName
 
 from pacsstore.errors import QueryError
 from pacsstore.store.hierarchy import LEVELS, UID_OF
-from pacsstore.store.query import HOME, REQUIRED_KEYS, known_keys
+from pacsstore.store.query import HOME, REQUIRED_KEYS, known_key_set
 
 if TYPE_CHECKING:
     from pacsstore.store.archive import Archive
@@ -162,10 +165,10 @@ def _read(identifier: Dataset, model: str, relational: bool) -> _Request:
     request = _Request(level=levels[-1],
                        charset=_charset_terms(identifier))
     target = _LEVEL[request.level]
-    known = set(known_keys(target))
+    known = known_key_set(target)
     for element in identifier:
-        keyword = element.keyword
-        if keyword in _NOT_KEYS or not _is_key(element):
+        keyword = _key_keyword(element.tag)
+        if not keyword or keyword in _NOT_KEYS:
             continue
         request.returned.append(element)
         value = _query_value(element)
@@ -181,10 +184,14 @@ def _read(identifier: Dataset, model: str, relational: bool) -> _Request:
     return request
 
 
-def _is_key(element: DataElement) -> bool:
-    group = element.tag.group
-    return group >= 0x0008 and not element.tag.is_private \
-        and element.tag.element != 0 and bool(element.keyword)
+@functools.lru_cache(maxsize=4096)
+def _key_keyword(tag: BaseTag) -> str:
+    """The keyword of an element that is a key; "" for the command and
+    meta groups (0000-0007), group lengths, private and unknown tags.
+    Cached: every request asks it of each of its elements."""
+    if tag.group < 0x0008 or tag.is_private or tag.element == 0:
+        return ""
+    return dictionary_keyword(tag) if dictionary_has_tag(tag) else ""
 
 
 def _below(keyword: str, level: str) -> bool:
@@ -261,7 +268,7 @@ def _response(request: _Request, answer: dict[str, Any],
     response.QueryRetrieveLevel = request.level
     study_level = request.level == "STUDY"
     for element in request.returned:
-        keyword = element.keyword
+        keyword = _key_keyword(element.tag)
         if keyword == "Modality" and study_level:
             keyword = "ModalitiesInStudy"
         value = _answer_value(keyword, answer, retrieve_ae_title)

@@ -34,6 +34,7 @@ the same form into one datetime range (C.2.2.2.5.1).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -87,11 +88,19 @@ def _home_levels() -> dict[str, str]:
 HOME = _home_levels()
 
 
+@functools.cache
 def known_keys(level: str) -> tuple[str, ...]:
-    """The keys a query at ``level`` may name."""
+    """The keys a query at ``level`` may name (computed once a level:
+    every query asks)."""
     keys = [k for k, home in HOME.items()
             if LEVELS.index(home) <= LEVELS.index(level)]
     return (*keys, *_ALIASES.get(level, {}))
+
+
+@functools.cache
+def known_key_set(level: str) -> frozenset[str]:
+    """:func:`known_keys` as a set, for membership tests."""
+    return frozenset(known_keys(level))
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,7 @@ def compile_query(level: str, keys: dict[str, Any], *,
     if level not in LEVELS:
         raise QueryError(f"level must be one of {', '.join(LEVELS)}; "
                          f"found {level!r}")
-    known = known_keys(level)
+    known = known_key_set(level)
     # A time range joined to a date may end before it starts (from 19:00
     # one day to 08:00 a later day); on its own it may not.
     times = {time for _, time in DATE_TIME_PAIRS} if combined_datetime \
@@ -126,7 +135,7 @@ def compile_query(level: str, keys: dict[str, Any], *,
             raise QueryError(
                 f"{keyword} is not an attribute of the {level} level or "
                 f"of the levels above it; a {level} query knows "
-                f"{', '.join(known)}")
+                f"{', '.join(known_keys(level))}")
         target = _ALIASES.get(level, {}).get(keyword, keyword)
         wanted = matching.condition(target, value,
                                     ordered=target not in times)
@@ -367,6 +376,8 @@ def _intersect(sources: list[Iterator[str]]) -> set[str]:
             else:
                 found[i].add(name)  # type: ignore[arg-type]
     smallest = min(len(found[i]) for i in range(len(sources)) if done[i])
+    if not smallest:
+        return set()  # a source holds no key: nothing is in all of them
     budget = max(_MIN_EXTRA_STEPS, _EXTRA_FACTOR * smallest)
     for i, source in enumerate(sources):
         for _ in range(0 if done[i] else budget):
