@@ -235,3 +235,23 @@ def test_fastfind_store_on_a_find_context_is_aborted(node):
     assert ending is not None and ending[1][2] == 0x00  # service user
     assert ended(assoc) and assoc.is_aborted
     peer.close()
+
+
+@pytest.mark.parametrize("identifier_bytes", [
+    b"\x10\x00\x10\x00PN\xff\x7fDOE",            # a length past the end
+    bytes(range(256)) * 3,                         # noise
+])
+def test_fastfind_undecodable_identifier_is_refused(node, identifier_bytes):
+    peer = RawPeer(node.port, CONTEXTS)
+    try:
+        assert handed_over(acceptor(node))
+        rq, _ = find_rq(5, identifier("STUDY"))
+        peer.send(pdata((1, COMMAND_LAST, rq),
+                        (1, DATA_LAST, identifier_bytes)))
+        answers = responses_until_final(peer)
+        assert len(answers) == 1
+        assert 0xA900 <= answers[0][0] <= 0xCFFF  # a failure, no match
+        peer.send(pdata((3, COMMAND_LAST, echo_rq(6))))
+        assert read_message(peer)[0].Status == 0x0000  # it goes on
+    finally:
+        peer.release()
