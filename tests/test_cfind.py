@@ -205,6 +205,22 @@ def test_cfind_unindexed_key_is_universal_and_returned_empty(archive):
     assert len(response.ReferencedStudySequence) == 0
 
 
+def test_cfind_reports_the_keys_it_cannot_match_or_return(archive):
+    ct = _header(CT_SMALL)
+    request = _request("STUDY", PatientID=ct.PatientID, PatientWeight="80",
+                       StudyDescription="", SeriesNumber="",
+                       ReferencedStudySequence=Sequence([]))
+    answers = find_identifiers(archive, request, model="study")
+    # SeriesNumber, of the level below and empty, is not a study key.
+    assert answers.unsupported_keys == ("PatientWeight",
+                                        "ReferencedStudySequence")
+    assert len(list(answers)) == 1
+    held = find_identifiers(archive, _request(
+        "STUDY", PatientID=ct.PatientID, StudyDescription=""),
+        model="study")
+    assert held.unsupported_keys == ()
+
+
 def test_cfind_bad_value_is_a_query_error_naming_the_key(archive):
     with pytest.raises(QueryError, match="StudyDate"):
         find_identifiers(archive, _request("STUDY", StudyDate="last week"),

@@ -19,7 +19,7 @@ from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import SOPClassExtendedNegotiation
 
 from pacsstore import Archive
-from pacsstore.net import qr
+from pacsstore.net import fastpath, qr
 from pacsstore.net.dcmtk import dcmtk_tool
 from pacsstore.net.status import refusal
 from qr_support import (DCMTK_ENV, FIND, NODE_AE, PATIENTS, dcmtk_available,
@@ -269,6 +269,28 @@ def test_net_find_association_survives_a_refusal(node):
     assert [s.Status for s, _ in answered] == [0xFF00, 0x0000]
 
 
+@pytest.mark.parametrize("path", ["fast", "pynetdicom"])
+def test_net_find_pending_is_ff01_with_keys_the_index_lacks(node, path,
+                                                            monkeypatch):
+    # PS3.4 C.4.1.1.4: "optional keys not supported" is 0xFF01.
+    if path == "pynetdicom":
+        monkeypatch.setattr(fastpath, "eligible", lambda assoc: False)
+    assoc = qr_association(node, [FIND["study"]])
+    try:
+        lacking = list(assoc.send_c_find(
+            identifier("STUDY", StudyInstanceUID=study_uid(S2),
+                       PatientWeight="", StudyDescription=""),
+            FIND["study"]))
+        held = list(assoc.send_c_find(
+            identifier("STUDY", StudyInstanceUID=study_uid(S2),
+                       StudyDescription=""), FIND["study"]))
+    finally:
+        assoc.release()
+    assert [s.Status for s, _ in lacking] == [0xFF01, 0x0000]
+    assert lacking[0][1].StudyDescription == held[0][1].StudyDescription
+    assert [s.Status for s, _ in held] == [0xFF00, 0x0000]
+
+
 # C-CANCEL -----------------------------------------------------------------
 
 @pytest.fixture
@@ -279,7 +301,11 @@ def paused_matcher(monkeypatch):
     real = qr.find_identifiers
 
     def paused(*args, **kwargs):
-        for number, match in enumerate(real(*args, **kwargs)):
+        answers = real(*args, **kwargs)
+        return qr.Answers(_holding(answers), answers.unsupported_keys)
+
+    def _holding(answers):
+        for number, match in enumerate(answers):
             yield match
             if number == 0:
                 release.wait(10)
@@ -287,8 +313,6 @@ def paused_matcher(monkeypatch):
 
     monkeypatch.setattr(qr, "find_identifiers", paused)
     return release
-
-
 
 
 def test_net_find_cancel_from_pynetdicom(node, paused_matcher):

@@ -41,9 +41,10 @@ from pacsstore.net.retrieve import (ReadingArchive, StoredInstance,
                                     sub_association_handlers)
 from pacsstore.net.status import (CANCEL, IDENTIFIER_MISMATCH,
                                   IDENTIFIER_NOT_DECODABLE, PENDING,
-                                  SUCCESS, TOO_MANY_MATCHES, query_failure,
-                                  refusal)
-from pacsstore.store.cfind import find_identifiers, instances_for_retrieve
+                                  PENDING_UNSUPPORTED_KEYS, SUCCESS,
+                                  TOO_MANY_MATCHES, query_failure, refusal)
+from pacsstore.store.cfind import (Answers, find_identifiers,
+                                   instances_for_retrieve)
 
 logger = logging.getLogger(__name__)
 
@@ -144,13 +145,16 @@ class FindHandler:
             return
         answered = 0
         try:
-            for match in self._matches(event, identifier, sop_class):
+            answers = self._matches(event, identifier, sop_class)
+            pending = PENDING_UNSUPPORTED_KEYS \
+                if answers.unsupported_keys else PENDING
+            for match in answers:
                 if event.is_cancelled:
                     logger.info("C-FIND from %s cancelled after %d "
                                 "matches", peer, answered)
                     yield CANCEL, None
                     return
-                yield PENDING, match
+                yield pending, match
                 answered += 1
         except (PacsstoreError, OSError) as error:
             logger.warning("C-FIND from %s failed: %s", peer, error)
@@ -161,7 +165,7 @@ class FindHandler:
         yield SUCCESS, None
 
     def _matches(self, event: Event, identifier: Dataset,
-                 sop_class: str) -> Iterator[Dataset]:
+                 sop_class: str) -> Answers:
         """The matcher's answers (it raises QueryError here, when called,
         or while iterating for a store failure)."""
         return find_identifiers(

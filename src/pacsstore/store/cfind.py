@@ -85,13 +85,31 @@ class _Request:
     keys: dict[str, Any] = field(default_factory=dict)
     returned: list[DataElement] = field(default_factory=list)
     charset: list[str] = field(default_factory=list)
+    # Keys of the level or above that the index does not hold: matched
+    # universally and returned empty.
+    unsupported: list[str] = field(default_factory=list)
+
+
+class Answers:
+    """The response Identifiers of a C-FIND request, built as they are
+    taken, and the keys of the request the index could neither match nor
+    return (PS3.4 C.4.1.1.4: optional keys not supported, which its
+    pending responses report with 0xFF01)."""
+
+    def __init__(self, identifiers: Iterator[Dataset],
+                 unsupported_keys: tuple[str, ...]) -> None:
+        self._identifiers = identifiers
+        self.unsupported_keys = unsupported_keys
+
+    def __iter__(self) -> Iterator[Dataset]:
+        return self._identifiers
 
 
 def find_identifiers(archive: Archive, identifier: Dataset, *, model: str,
                      relational: bool = False,
                      combined_datetime: bool = False,
                      retrieve_ae_title: str | None = None
-                     ) -> Iterator[Dataset]:
+                     ) -> Answers:
     """The response Identifiers of a C-FIND request, one per match.
 
     ``model`` is "patient" or "study" (the root of the information
@@ -106,8 +124,8 @@ def find_identifiers(archive: Archive, identifier: Dataset, *, model: str,
                            match_unknown=_unknown_matches(model),
                            combined_datetime=combined_datetime,
                            **request.keys)
-    return (_response(request, answer, retrieve_ae_title)
-            for answer in answers)
+    return Answers((_response(request, answer, retrieve_ae_title)
+                    for answer in answers), tuple(request.unsupported))
 
 
 def instances_for_retrieve(archive: Archive, identifier: Dataset, *,
@@ -174,7 +192,9 @@ def _read(identifier: Dataset, model: str, relational: bool) -> _Request:
         value = _query_value(element)
         if keyword in known:
             request.keys[keyword] = value
-        elif value not in (None, "") and _below(keyword, target):
+        elif not _below(keyword, target):
+            request.unsupported.append(keyword)
+        elif value not in (None, ""):
             raise QueryError(
                 f"{keyword} {_tag(element)} is a key of the "
                 f"{HOME[keyword]} level, below this {request.level} "
