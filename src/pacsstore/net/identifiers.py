@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import struct
 from io import BytesIO
-from collections.abc import Iterator
 from typing import Any
 
 from pydicom import config
@@ -54,6 +53,9 @@ _UNDEFINED = 0xFFFFFFFF
 # pydicom corrects some values of this group (LUT descriptors) as it
 # reads them; no query key lives there.
 _IMAGE_PIXEL_GROUP = 0x0028
+
+
+_UNSET = object()
 
 
 class _NotPlain(Exception):
@@ -98,26 +100,9 @@ def _plain(data: bytes, implicit: bool) -> Dataset:
     # pydicom's empty value for the VR, looked up once per request.
     empty: dict[str, Any] = {}
     encodings: Any = default_encoding
+    mode = config.settings.reading_validation_mode
     dataset = Dataset()
     elements = dataset._dict
-    for raw in _raw_elements(data, implicit):
-        if raw.length:
-            value = _value(raw, encodings)
-        else:
-            if raw.VR not in empty:
-                empty[raw.VR] = empty_value_for_VR(raw.VR)
-            value = empty[raw.VR]
-        elements[raw.tag] = DataElement(
-            raw.tag, raw.VR, value, raw.value_tell, already_converted=True,
-            validation_mode=config.settings.reading_validation_mode)
-        if raw.tag == _SPECIFIC_CHARACTER_SET:
-            encodings = _encodings(value)
-    dataset.set_original_encoding(implicit, True, encodings)
-    return dataset
-
-
-def _raw_elements(data: bytes, implicit: bool) -> Iterator[RawDataElement]:
-    """The elements of a flat little endian dataset, in order."""
     view = memoryview(data)
     offset, end, last = 0, len(view), -1
     while offset < end:
@@ -125,10 +110,23 @@ def _raw_elements(data: bytes, implicit: bool) -> Iterator[RawDataElement]:
         if length == _UNDEFINED or length > end - start or tag <= last \
                 or tag >> 16 == _IMAGE_PIXEL_GROUP:
             raise _NotPlain
-        yield RawDataElement(BaseTag(tag), vr, length,
-                             data[start:start + length], start, implicit,
-                             True)
+        key = BaseTag(tag)
+        if length:
+            value = _value(RawDataElement(
+                key, vr, length, data[start:start + length], start,
+                implicit, True), encodings)
+        else:
+            value = empty.get(vr, _UNSET)
+            if value is _UNSET:
+                value = empty[vr] = empty_value_for_VR(vr)
+        elements[key] = DataElement(key, vr, value, start,
+                                    already_converted=True,
+                                    validation_mode=mode)
+        if tag == _SPECIFIC_CHARACTER_SET:
+            encodings = _encodings(value)
         offset, last = start + length, tag
+    dataset.set_original_encoding(implicit, True, encodings)
+    return dataset
 
 
 def _element_header(view: memoryview, offset: int,

@@ -74,6 +74,8 @@ _CHARSET_VRS = frozenset(("SH", "LO", "PN", "ST", "LT", "UC", "UT"))
 # The default repertoire, as the first term of a Specific Character Set.
 _DEFAULT_TERMS = frozenset(("", "ISO_IR 6", "ISO 2022 IR 6"))
 _NOT_KEYS = frozenset(("QueryRetrieveLevel", "SpecificCharacterSet"))
+_QUERY_RETRIEVE_LEVEL = 0x00080052
+_SPECIFIC_CHARACTER_SET = 0x00080005
 
 
 @dataclass
@@ -168,7 +170,7 @@ def _levels(identifier: Dataset, model: str) -> tuple[str, ...]:
     if model not in MODELS:
         raise QueryError(f"model must be 'patient' or 'study' (the root "
                          f"of the information model); found {model!r}")
-    level = str(identifier.get("QueryRetrieveLevel", "") or "").strip()
+    level = str(_value_of(identifier, _QUERY_RETRIEVE_LEVEL) or "").strip()
     if level not in MODELS[model]:
         raise QueryError(
             f"QueryRetrieveLevel (0008,0052) must be one of "
@@ -184,7 +186,7 @@ def _read(identifier: Dataset, model: str, relational: bool) -> _Request:
                        charset=_charset_terms(identifier))
     target = _LEVEL[request.level]
     known = known_key_set(target)
-    for element in identifier:
+    for element in _in_tag_order(identifier):
         keyword = _key_keyword(element.tag)
         if not keyword or keyword in _NOT_KEYS:
             continue
@@ -202,6 +204,14 @@ def _read(identifier: Dataset, model: str, relational: bool) -> _Request:
     if not relational:
         _require_unique_keys_above(identifier, levels)
     return request
+
+
+def _in_tag_order(identifier: Dataset) -> Iterator[DataElement]:
+    """The identifier's elements, as iterating it gives them. Sorted by
+    the tags as plain integers: pydicom's own iteration compares tag
+    objects in Python, which took a third of reading a request."""
+    for tag in sorted(identifier.keys(), key=int):
+        yield identifier[tag]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -270,8 +280,15 @@ def _unique_value(identifier: Dataset, keyword: str, level: str,
     return value
 
 
+def _value_of(identifier: Dataset, tag: int) -> Any:
+    """The value of an element, or None. By tag: a lookup by keyword
+    goes through pydicom's attribute machinery, four times slower."""
+    element = identifier.get(tag)
+    return None if element is None else element.value
+
+
 def _charset_terms(identifier: Dataset) -> list[str]:
-    value = identifier.get("SpecificCharacterSet")
+    value = _value_of(identifier, _SPECIFIC_CHARACTER_SET)
     if not value:
         return []
     if isinstance(value, (MultiValue, list, tuple)):
