@@ -180,8 +180,8 @@ def node_small(scratch: Path, raw: Path) -> None:
 
 def node_find(scratch: Path, raw: Path) -> None:
     from benchmarks import cfind_population
-    from benchmarks.suite.cfind import EQUAL
-    store = Datasets().root / f"cfind-pacsstore-{EQUAL}" / "store"
+    from benchmarks.suite.cfind import SMALL
+    store = Datasets().root / f"cfind-pacsstore-{SMALL}" / "store"
     if not store.exists():
         raise click.ClickException("run the cfind family once first; it "
                                    "builds the index")
