@@ -14,6 +14,7 @@ from setuptools import Extension, setup
 
 NATIVE_MODULES = {
     "pacsstore._parse": "src/_native/parse.pyx",
+    "pacsstore._filters": "src/_native/filters.pyx",
 }
 
 

@@ -353,26 +353,29 @@ def _newer_manifest() -> bytes:
 
 
 def _newer_block() -> bytes:
-    """A block whose header says format version 2, with a sound CRC32."""
+    """A block whose header says the next format version, with a sound
+    CRC32."""
     block = blocks.encode(Kind.FRAME, b"from a newer pacsstore",
                           compressor=zstandard.ZstdCompressor())
     head = bytearray(block.header)
-    head[4] = 2
+    head[4] = blocks.BLOCK_FORMAT_VERSION + 1
     crc = zlib.crc32(block.payload, zlib.crc32(head[:60]))
     head[60:64] = crc.to_bytes(4, "little")
     return bytes(head) + block.payload
 
 
-@pytest.mark.parametrize("newer", [_newer_manifest, _newer_block],
-                         ids=["manifest", "block"])
-def test_rebuild_refuses_what_a_newer_version_wrote(populated, newer):
+@pytest.mark.parametrize("newer, says", [
+    (_newer_manifest, "version 2"),
+    (_newer_block, f"version {blocks.BLOCK_FORMAT_VERSION + 1}")],
+    ids=["manifest", "block"])
+def test_rebuild_refuses_what_a_newer_version_wrote(populated, newer, says):
     store, _ = populated
     contents = _index_contents(store)
     last = max((store / "segments").glob("*.seg"))
     with open(last, "ab") as handle:
         handle.write(newer())
 
-    with pytest.raises(NewerFormatError, match="version 2"):
+    with pytest.raises(NewerFormatError, match=says):
         rebuild_index(store)
 
     assert _index_contents(store) == contents
