@@ -26,9 +26,10 @@ import json
 import logging
 import operator
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from stat import S_ISREG
 from types import TracebackType
 from typing import Any, BinaryIO, Union
 
@@ -66,6 +67,7 @@ from pacsstore.store.index import (
     Index,
 )
 from pacsstore.store.prepare import Prepared, Preparer
+from pacsstore.store.readahead import DEFAULT_WINDOW, read_in_order
 from pacsstore.store.reader import InstanceReader, open_stream
 from pacsstore.store.results import ArchiveStats, StoreResult
 from pacsstore.store.segments import (
@@ -84,6 +86,12 @@ STORE_FORMAT_VERSION = 1
 # store_many keeps at most this many bytes prepared but not committed:
 # enough for large batches (few syncs), small enough to keep memory flat.
 DEFAULT_MAX_INFLIGHT = 256 << 20
+# A file at least this large is streamed: its frames are read, digested,
+# compressed and written a chunk at a time (prepare.py, "large files"),
+# so that a store's memory does not grow with the file. A smaller file is
+# read whole, which costs it less (one read, and its blocks join the
+# batch's appends).
+DEFAULT_STREAM_THRESHOLD = 64 << 20
 # Threads that prepare store_many's items: one per core is enough, since
 # the work they do outside the GIL (SHA-256, zstd) is CPU-bound.
 PREPARE_WORKERS = max(2, min(8, os.cpu_count() or 2))
@@ -149,11 +157,13 @@ class Archive:
                  segment_size: int = DEFAULT_MAX_SIZE,
                  map_size: int = DEFAULT_MAP_SIZE,
                  max_map_size: int = DEFAULT_MAX_MAP_SIZE,
-                 max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT) -> None:
+                 max_inflight_bytes: int = DEFAULT_MAX_INFLIGHT,
+                 stream_threshold: int = DEFAULT_STREAM_THRESHOLD) -> None:
         self.path = Path(path)
         self.on_conflict = policy.check_policy(on_conflict)
         self.readonly = readonly
         self._max_inflight = max_inflight_bytes
+        self._stream_threshold = _check_threshold(stream_threshold)
         self._lock_fd: int | None = None
         self._committer: Committer | None = None
         self._closed = False
@@ -338,7 +348,36 @@ class Archive:
         return self._committer
 
     def _prepare(self, data: StoreInput) -> Prepared:
+        if isinstance(data, (str, os.PathLike)):
+            return self._prepare_file(data)
         return self._preparer.prepare(_as_bytes(data))
+
+    def _prepare_file(self, path: str | os.PathLike) -> Prepared:
+        """A file: read whole when small, streamed when large (its frames
+        read and written a chunk at a time, into segments of its own)."""
+        name = os.fspath(path)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise NotStorableError(
+                f"cannot read {name!r}: {exc.strerror}") from None
+        try:
+            stat = os.fstat(fd)
+            plan = None
+            if S_ISREG(stat.st_mode) and \
+                    stat.st_size >= self._stream_threshold:
+                plan = self._preparer.plan_stream(fd, name)
+            if plan is None:
+                return self._preparer.prepare(_read_file(fd, name))
+            committer = self._writer()
+            stream = committer.open_stream()
+            try:
+                return self._preparer.prepare_stream(fd, plan, stream)
+            except BaseException:
+                committer.abandon(stream)
+                raise
+        finally:
+            os.close(fd)
 
     def store(self, data: StoreInput) -> StoreResult:
         """Store one instance; returns once it is durable."""
@@ -388,6 +427,30 @@ class Archive:
     def get(self, sop_instance_uid: str) -> bytes:
         """The stored bytes of the instance, exactly."""
         return self._reader(sop_instance_uid).read_all()
+
+    def get_many(self, sop_instance_uids: Iterable[str], *,
+                 read_ahead: int = DEFAULT_WINDOW) -> Iterator[bytes]:
+        """The stored bytes of each instance, exactly, in the order of
+        ``sop_instance_uids``, while a small thread pool reads the next
+        ones (up to ``read_ahead`` bytes of them) ahead.
+
+        An error belongs to its position: a UID that is not stored
+        (NotFoundError), one that is not a string (QueryError), damage
+        (CorruptStoreError) is raised when the iteration reaches it,
+        after every instance before it, and ends the iteration. Closing
+        the iterator early cancels the reading ahead and leaves no
+        thread behind. See docs/store.md, "Reading a study".
+        """
+        if isinstance(sop_instance_uids, (str, bytes)):
+            raise QueryError(
+                f"get_many takes an iterable of SOP Instance UIDs, not "
+                f"one UID; found {sop_instance_uids!r} (use get for one)")
+        if isinstance(read_ahead, bool) or not isinstance(read_ahead, int) \
+                or read_ahead < 1:
+            raise QueryError(f"read_ahead is a number of bytes (1 or "
+                             f"more); found {read_ahead!r}")
+        return read_in_order(self._reader, sop_instance_uids,
+                             window=read_ahead)
 
     def open(self, sop_instance_uid: str) -> BinaryIO:
         """A streaming read of the instance, one block at a time."""
@@ -531,8 +594,18 @@ class _Pipeline:
             finally:
                 for _position, future in self.preparing:
                     future.cancel()
+                    future.add_done_callback(self._abandon_unsent)
                 self._drain()
         return [r for r in self.results if r is not None]
+
+    def _abandon_unsent(self, future: Future[Prepared]) -> None:
+        """An item prepared but never handed on (an earlier one failed):
+        the segments it streamed into are removed."""
+        if future.cancelled() or future.exception() is not None:
+            return
+        stream = future.result().stream
+        if stream is not None:
+            self.committer.abandon(stream)
 
     def _forward_oldest(self) -> None:
         """Hand the oldest prepared item to the committer, in order."""
@@ -542,7 +615,7 @@ class _Pipeline:
         except _ITEM_ERRORS as exc:
             self._reject(position, exc, None)
             return
-        cost = prepared.size + prepared.pending_bytes
+        cost = prepared.held_bytes
         future = self.committer.submit(prepared)
         self.inflight.append((position, future, cost))
         self.inflight_bytes += cost
@@ -600,6 +673,22 @@ def _as_bytes(data: StoreInput) -> bytes | memoryview:
     raise NotStorableError(
         f"store() takes bytes, a path or a pydicom Dataset; found "
         f"{type(data).__name__}")
+
+
+def _read_file(fd: int, name: str) -> bytes:
+    try:
+        return io.FileIO(fd, closefd=False).readall()
+    except OSError as exc:
+        raise NotStorableError(
+            f"cannot read {name!r}: {exc.strerror}") from None
+
+
+def _check_threshold(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise policy.StoreConfigError(
+            f"stream_threshold is a number of bytes (0 or more); found "
+            f"{value!r}")
+    return value
 
 
 def _snapshot(data: StoreInput) -> StoreInput:

@@ -26,6 +26,14 @@ rolled back so nothing of it stays behind.
 
 While one batch commits, the next gathers: the busier the store, the
 larger the batches, and the fewer syncs per instance.
+
+A large instance arrives with its blocks already written and fdatasynced
+in files of its own (segments.StreamSegments): its caller wrote them
+while reading the file, and small stores kept committing meanwhile. Its
+batch gives those files the next segment numbers, indexes the blocks
+where they lie, records the segments' lengths in the same transaction,
+and writes the manifest behind them; the files of a stream that is not
+stored (a conflict, a duplicate, a failed batch) are removed.
 """
 
 from __future__ import annotations
@@ -48,9 +56,9 @@ from pacsstore.store.blocks import EncodedBlock
 from pacsstore.store.faults import crash_point
 from pacsstore.store.hierarchy import link_instance, unlink_instance
 from pacsstore.store.index import BlockEntry, Index
-from pacsstore.store.prepare import Prepared, Preparer
+from pacsstore.store.prepare import PlacedBlock, Prepared, Preparer
 from pacsstore.store.results import StoreResult
-from pacsstore.store.segments import SegmentWriter
+from pacsstore.store.segments import SegmentWriter, StreamSegments
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,13 @@ def same_content(stored: dict[str, Any], new: dict[str, Any]) -> bool:
             and stored["transfer_syntax"] == new["transfer_syntax"])
 
 
+def _keeps(outcome: Any) -> bool:
+    """Whether an outcome stored the instance's blocks: a new instance
+    or a replacement (a duplicate, keep-first or failure stores none)."""
+    return isinstance(outcome, StoreResult) and \
+        outcome.status in (results.STORED, results.REPLACED)
+
+
 class _Job:
     __slots__ = ("prepared", "future")
 
@@ -98,6 +113,9 @@ class Committer:
         self._cond = threading.Condition()
         self._queue: collections.deque[_Job] = collections.deque()
         self._closing = False
+        # Streams being written by callers, or queued with their batch:
+        # close() waits for each to be committed or removed.
+        self._streams: set[StreamSegments] = set()
         # Set when the thread met an error it cannot hand to one batch
         # (a rollback that itself failed): the segments may then be out
         # of step with the index, so nothing more is accepted.
@@ -107,29 +125,70 @@ class Committer:
             target=self._run, name="pacsstore-committer", daemon=True)
         self._thread.start()
 
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise PacsstoreError(
+                f"the writer of {self._writer.directory.parent} "
+                f"stopped after an error it could not recover from "
+                f"({self._broken}); reopen the store to recover"
+            ) from self._broken
+        if self._closing:
+            raise ArchiveClosedError(
+                f"the store at {self._writer.directory.parent} is "
+                f"closed; open a new Archive to store")
+
     def submit(self, prepared: Prepared) -> Future[StoreResult]:
+        """Queue ``prepared``; from here on its stream, if any, is the
+        committer's to register or remove."""
         job = _Job(prepared)
         with self._cond:
-            if self._broken is not None:
-                raise PacsstoreError(
-                    f"the writer of {self._writer.directory.parent} "
-                    f"stopped after an error it could not recover from "
-                    f"({self._broken}); reopen the store to recover"
-                ) from self._broken
-            if self._closing:
-                raise ArchiveClosedError(
-                    f"the store at {self._writer.directory.parent} is "
-                    f"closed; open a new Archive to store")
+            try:
+                self._check_open()
+            except PacsstoreError:
+                if prepared.stream is not None:
+                    self._forget_stream(prepared.stream, stored=False)
+                raise
             self._queue.append(job)
             self._cond.notify()
         return job.future
 
+    def open_stream(self) -> StreamSegments:
+        """Segments for a large instance the caller is about to read;
+        the caller hands them back through ``submit`` or ``abandon``."""
+        with self._cond:
+            self._check_open()
+            stream = self._writer.open_stream()
+            self._streams.add(stream)
+            return stream
+
+    def abandon(self, stream: StreamSegments) -> None:
+        """Remove a stream that will not be submitted (its file failed)."""
+        with self._cond:
+            self._forget_stream(stream, stored=False)
+
+    def _forget_stream(self, stream: StreamSegments, *,
+                       stored: bool) -> None:
+        """Called holding ``_cond``."""
+        if stored:
+            stream.committed()
+        else:
+            stream.discard()
+        self._streams.discard(stream)
+        self._cond.notify_all()
+
     def close(self) -> None:
-        """Commit what is pending, then stop the thread."""
+        """Commit what is pending, then stop the thread. Streams still
+        being read are cancelled; close waits until each is committed
+        or removed, so no segment is written after the lock is gone."""
         with self._cond:
             self._closing = True
-            self._cond.notify()
+            for stream in self._streams:
+                stream.cancel()
+            self._cond.notify_all()
         self._thread.join()
+        with self._cond:
+            while self._streams and self._broken is None:
+                self._cond.wait()
 
     def _run(self) -> None:
         while True:
@@ -154,6 +213,7 @@ class Committer:
             self._broken = exc
             waiting = batch + list(self._queue)
             self._queue.clear()
+            self._cond.notify_all()
         for job in waiting:
             if not job.future.done():
                 job.future.set_exception(exc)
@@ -162,12 +222,13 @@ class Committer:
         try:
             outcomes, lengths = self._index.write(
                 lambda txn: self._apply_batch(txn, batch),
-                on_retry=self._writer.rollback)
+                on_retry=lambda: self._undo_for_retry(batch))
         # The committer is the boundary between the callers and the
         # disk: whatever failed the batch is handed to each caller, who
         # raises it in its own thread; nothing is swallowed.
         except BaseException as exc:  # noqa: BLE001
             self._writer.rollback()
+            self._settle_streams(batch, [exc] * len(batch))
             log.error("group commit of %d instances failed: %s",
                       len(batch), exc)
             for job in batch:
@@ -175,6 +236,7 @@ class Committer:
             return
         crash_point("commit.committed")
         self._writer.committed_as(lengths)
+        self._settle_streams(batch, outcomes)
         self.batches += 1
         for job, outcome in zip(batch, outcomes):
             if isinstance(outcome, BaseException):
@@ -182,11 +244,35 @@ class Committer:
             else:
                 job.future.set_result(outcome)
 
+    def _undo_for_retry(self, batch: list[_Job]) -> None:
+        """The batch runs again (a larger map): cut its appends and take
+        back the numbers it gave streams, which it gives again."""
+        self._writer.rollback()
+        for job in batch:
+            if job.prepared.stream is not None:
+                job.prepared.stream.unnumber()
+
+    def _settle_streams(self, batch: list[_Job],
+                        outcomes: list[Any]) -> None:
+        """Keep the streams of the instances stored, remove the rest."""
+        with self._cond:
+            for job, outcome in zip(batch, outcomes):
+                stream = job.prepared.stream
+                if stream is not None:
+                    self._forget_stream(stream, stored=_keeps(outcome))
+
     def _apply_batch(self, txn: lmdb.Transaction, batch: list[_Job]
                      ) -> tuple[list[StoreResult | PacsstoreError],
                                 dict[int, int]]:
         outcomes = [self._apply(txn, job.prepared) for job in batch]
-        lengths = self._writer.flush() if self._writer.has_pending else {}
+        lengths: dict[int, int] = {}
+        for job, outcome in zip(batch, outcomes):
+            if job.prepared.stream is not None and _keeps(outcome):
+                lengths.update(job.prepared.stream.lengths)
+        # A stream segment the batch continued in (the manifest) gets
+        # the flushed length, which is the longer one.
+        if self._writer.has_pending:
+            lengths.update(self._writer.flush())
         self._index.put_segments(txn, lengths)
         crash_point("commit.synced")
         return outcomes, lengths
@@ -207,6 +293,8 @@ class Committer:
                 return result_for(stored, results.KEPT_FIRST)
             self._release(txn, stored)
             status = results.REPLACED
+        if item.stream is not None:
+            self._writer.take_stream(item.stream)
         written, deduplicated = self._add_blocks(txn, item)
         written += self._add_manifest(txn, record)
         self._index.put_record(txn, "instance", item.uid, record)
@@ -228,6 +316,10 @@ class Committer:
                                       entry.with_refcount(entry.refcount + 1))
                 deduplicated += length
                 continue
+            placed = item.placed.get(name)
+            if placed is not None and item.stream is not None:
+                written += self._index_placed(txn, placed, item.stream)
+                continue
             block = item.encoded.get(name)
             if block is None:
                 raise AssertionError(
@@ -246,6 +338,14 @@ class Committer:
                 segment, offset, block.raw_length, len(block.payload),
                 block.kind, block.codec, refcount))
         return block.total_length
+
+    def _index_placed(self, txn: lmdb.Transaction, placed: PlacedBlock,
+                      stream: StreamSegments) -> int:
+        """A block its stream already wrote (and synced) gets its entry."""
+        self._index.put_block(txn, placed.digest, BlockEntry(
+            stream.segment_of(placed.file), placed.offset, placed.raw_length,
+            placed.stored_length, placed.kind, placed.codec, 1))
+        return placed.total_length
 
     def _add_manifest(self, txn: lmdb.Transaction,
                       record: dict[str, Any]) -> int:

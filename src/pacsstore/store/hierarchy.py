@@ -19,6 +19,10 @@ Record fields named by a DICOM keyword (capitalised) are answered by
 queries; ``tally`` (lower case) is bookkeeping: how many series of the
 study have each modality, how many instances each SOP class, so that
 ModalitiesInStudy and SOPClassesInStudy stay right when one goes away.
+
+The records read here may be shared with the write transaction's buffer
+(index.py), so a change is always made to a copy, nested ``tally``
+included, and put back.
 """
 
 from __future__ import annotations
@@ -94,10 +98,9 @@ def _names(record: dict[str, Any]) -> dict[str, str]:
 def _merge(old: dict[str, Any] | None, attributes: dict[str, Any],
            level: str) -> dict[str, Any]:
     merged = dict(old or {})
-    for keyword in LEVEL_KEYS[level]:
-        value = attributes.get(keyword)
-        if value not in (None, "", []):
-            merged[keyword] = value
+    merged.update({keyword: attributes[keyword]
+                   for keyword in LEVEL_KEYS[level]
+                   if attributes.get(keyword) not in (None, "", [])})
     return merged
 
 
@@ -149,12 +152,17 @@ def _add(record: dict[str, Any], keyword: str, delta: int) -> int:
 
 def _tally(study: dict[str, Any], kind: str, values: list[Any],
            delta: int) -> None:
-    counts = study.setdefault(TALLY, {}).setdefault(kind, {})
+    # Copies, not in place: ``study`` is a shallow copy of a record that
+    # may be shared with the transaction's buffer.
+    tally = dict(study.get(TALLY, {}))
+    counts = dict(tally.get(kind, {}))
     for value in values:
         value = str(value)
         counts[value] = counts.get(value, 0) + delta
         if counts[value] <= 0:
             del counts[value]
+    tally[kind] = counts
+    study[TALLY] = tally
 
 
 def _derive_lists(study: dict[str, Any]) -> None:
@@ -191,21 +199,22 @@ def link_instance(index: Index, txn: lmdb.Transaction,
     refreshed = _refreshed(names, owners)
     new: dict[str, dict[str, Any]] = {}
     for level in _LINKED:
-        merged = dict(old[level] or {})
-        if level in refreshed:
-            merged = _merge(old[level], record["attributes"], level)
+        merged = (_merge(old[level], record["attributes"], level)
+                  if level in refreshed else dict(old[level] or {}))
         merged[UID_OF[level]] = owners[level]
         if level in PARENT:
             parent, keyword = PARENT[level]
             merged[keyword] = (old[level] or {}).get(keyword,
                                                      owners[parent])
         new[level] = merged
-    if not index.is_child(txn, "series", owners["series"],
-                          names["instance"]):
+    # A series without a record has no instances yet: no lookup needed.
+    if old["series"] is None or not index.is_child(
+            txn, "series", owners["series"], names["instance"]):
         _count_new_instance(new, old, record)
-    if _modalities(old["series"]) != _modalities(new["series"]):
-        _tally(new["study"], "modalities", _modalities(old["series"]), -1)
-        _tally(new["study"], "modalities", _modalities(new["series"]), 1)
+    before, after = _modalities(old["series"]), _modalities(new["series"])
+    if before != after:
+        _tally(new["study"], "modalities", before, -1)
+        _tally(new["study"], "modalities", after, 1)
     _derive_lists(new["study"])
     for level in _LINKED:
         _write(index, txn, level, owners[level], old[level], new[level])

@@ -25,6 +25,15 @@ Encodings (docs/format.md has the full description): fixed records are
 little-endian ``struct``s, the others compact UTF-8 JSON. The attribute
 indexes (store/secondary.py) are sorted keys with empty values.
 
+A write transaction keeps the patient, study and series records and the
+counters it reads or changes in memory, and writes each changed one to
+LMDB once, just before it commits (``_Buffered``): one batch of group
+commit often holds many instances of one series, study or patient, and
+each of them changes those records and counters, so encoding and
+putting them once per batch instead of once per instance is most of the
+cost of indexing a small instance that the batch can share. What is
+committed is exactly what writing through would have committed.
+
 An index of an older format is upgraded when a writer opens it: what
 changed is derived from the instance records, so the upgrade rebuilds
 it from them in one transaction (readers of other processes see the old
@@ -86,6 +95,14 @@ _U32 = struct.Struct("<I")
 # characters when conformant, so this leaves room and fails clearly.
 MAX_KEY_BYTES = 400
 
+# The levels whose records a write transaction buffers (see _Buffered);
+# instance records are written once each, so buffering gains nothing.
+_BUFFERED_LEVELS = frozenset(("patient", "study", "series"))
+# Bounds the memory of a long write transaction (a rebuild, an upgrade
+# of every record): past this many buffered records they are written
+# out and forgotten, and buffering starts afresh.
+MAX_BUFFERED_RECORDS = 10_000
+
 T = TypeVar("T")
 
 
@@ -124,9 +141,32 @@ def unkey(raw: bytes) -> str:
     return "" if raw == b"\x00" else raw.decode("utf-8")
 
 
+# What json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+# builds on every call, built once; the bytes are the same. The C
+# encoder behind it is reused directly where the interpreter has it:
+# records are trees our code builds, so the check for circular
+# references (the only state a call keeps) is left out.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _c_encoder() -> Callable[[Any, int], Any] | None:
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return None
+    try:
+        return make(None, _ENCODER.default, json.encoder.encode_basestring,
+                    None, ":", ",", False, False, True)
+    except TypeError:  # another signature: the encoder's own path
+        return None
+
+
+_C_ENCODE = _c_encoder()
+
+
 def dumps(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"),
-                      ensure_ascii=False).encode("utf-8")
+    if _C_ENCODE is None:
+        return _ENCODER.encode(record).encode("utf-8")
+    return "".join(_C_ENCODE(record, 0)).encode("utf-8")
 
 
 def loads(raw: bytes, where: str) -> dict[str, Any]:
@@ -189,6 +229,25 @@ class _Gate:
         return True
 
 
+class _Buffered:
+    """What one write transaction has read or changed of the level
+    records and the counters, written to LMDB by ``Index._flush``.
+
+    ``records`` maps (level, name) to the record as the transaction sees
+    it, None for an absent one; ``dirty`` names those that differ from
+    LMDB. A record handed out is shared with the buffer: callers put a
+    changed copy, never change the one they were given."""
+
+    __slots__ = ("txn", "records", "dirty", "counters", "dirty_counters")
+
+    def __init__(self, txn: lmdb.Transaction) -> None:
+        self.txn = txn
+        self.records: dict[tuple[str, str], dict[str, Any] | None] = {}
+        self.dirty: set[tuple[str, str]] = set()
+        self.counters: dict[str, int] = {}
+        self.dirty_counters: set[str] = set()
+
+
 class Index:
     """The LMDB environment of one store and its named databases."""
 
@@ -199,6 +258,8 @@ class Index:
         self.max_map_size = max_map_size
         self._gate = _Gate(f"the store at {path.parent} is closed; open "
                            f"a new Archive to use it")
+        # The _Buffered of the write transaction a thread is inside.
+        self._local = threading.local()
         self.env = lmdb.open(
             str(path), subdir=True, readonly=readonly,
             map_size=map_size, max_dbs=len(DATABASES) + 1,
@@ -310,7 +371,7 @@ class Index:
                 # Inside the gate, so that close() waits for the commit.
                 with self._gate.reading(), \
                         self.env.begin(write=True) as txn:
-                    return work(txn)
+                    return self._buffering(txn, work)
             except lmdb.MapFullError:
                 if on_retry is not None:
                     on_retry()
@@ -321,6 +382,48 @@ class Index:
                                   f"committing the index ({exc}); nothing "
                                   f"of this batch was acknowledged"
                 ) from exc
+
+    def _buffering(self, txn: lmdb.Transaction,
+                   work: Callable[[lmdb.Transaction], T]) -> T:
+        """``work`` with the level records and counters buffered; they
+        reach LMDB before the transaction commits. When ``work`` or the
+        flush fails (a full map included) the buffer goes with the
+        aborted transaction, and a retry starts from LMDB again."""
+        self._local.buffered = buffered = _Buffered(txn)
+        try:
+            result = work(txn)
+            self._flush(buffered)
+            return result
+        finally:
+            self._local.buffered = None
+
+    def _buffered(self, txn: lmdb.Transaction) -> _Buffered | None:
+        buffered = getattr(self._local, "buffered", None)
+        return buffered if buffered is not None and \
+            buffered.txn is txn else None
+
+    def _flush(self, buffered: _Buffered) -> None:
+        """Write what the buffer changed; it stays as a clean copy."""
+        txn = buffered.txn
+        for level, name in sorted(buffered.dirty):
+            record = buffered.records[(level, name)]
+            if record is None:
+                txn.delete(key(name), db=self.db[_plural(level)])
+            else:
+                txn.put(key(name), dumps(record),
+                        db=self.db[_plural(level)])
+        buffered.dirty.clear()
+        for name in sorted(buffered.dirty_counters):
+            txn.put(name.encode(), _I64.pack(buffered.counters[name]),
+                    db=self.db["meta"])
+        buffered.dirty_counters.clear()
+
+    def _written_through(self, txn: lmdb.Transaction, level: str) -> None:
+        """Before LMDB itself is read or changed at ``level`` (a cursor,
+        a count, a drop), the buffer's changes must be in it."""
+        buffered = self._buffered(txn)
+        if buffered is not None and level in _BUFFERED_LEVELS:
+            self._flush(buffered)
 
     def _grow(self) -> None:
         """Double the map, up to max_map_size and no further."""
@@ -350,19 +453,53 @@ class Index:
 
     def record(self, txn: lmdb.Transaction, level: str,
                name: str) -> dict[str, Any] | None:
+        """The record of ``name`` at ``level``, None when there is none.
+        In a write transaction a level record may be shared with the
+        buffer: put a changed copy, do not change it in place."""
+        buffered = self._buffered(txn)
+        if buffered is None or level not in _BUFFERED_LEVELS:
+            return self._stored_record(txn, level, name)
+        slot = (level, name)
+        if slot not in buffered.records:
+            self._make_room(buffered)
+            buffered.records[slot] = self._stored_record(txn, level, name)
+        return buffered.records[slot]
+
+    def _stored_record(self, txn: lmdb.Transaction, level: str,
+                       name: str) -> dict[str, Any] | None:
         raw = txn.get(key(name), db=self.db[_plural(level)])
         return None if raw is None else loads(raw, f"{level} {name}")
 
+    def _make_room(self, buffered: _Buffered) -> None:
+        if len(buffered.records) >= MAX_BUFFERED_RECORDS:
+            self._flush(buffered)
+            buffered.records.clear()
+
     def put_record(self, txn: lmdb.Transaction, level: str, name: str,
                    record: dict[str, Any]) -> None:
-        txn.put(key(name), dumps(record), db=self.db[_plural(level)])
+        self._change_record(txn, level, name, record)
 
     def delete_record(self, txn: lmdb.Transaction, level: str,
                       name: str) -> None:
-        txn.delete(key(name), db=self.db[_plural(level)])
+        self._change_record(txn, level, name, None)
+
+    def _change_record(self, txn: lmdb.Transaction, level: str, name: str,
+                       record: dict[str, Any] | None) -> None:
+        buffered = self._buffered(txn)
+        if buffered is not None and level in _BUFFERED_LEVELS:
+            slot = (level, name)
+            if slot not in buffered.records:
+                self._make_room(buffered)
+            buffered.records[slot] = record
+            buffered.dirty.add(slot)
+        elif record is None:
+            txn.delete(key(name), db=self.db[_plural(level)])
+        else:
+            txn.put(key(name), dumps(record), db=self.db[_plural(level)])
 
     def records(self, txn: lmdb.Transaction,
                 level: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        self._written_through(txn, level)
         for raw_key, raw in txn.cursor(db=self.db[_plural(level)]):
             name = unkey(raw_key)
             yield name, loads(raw, f"{level} {name}")
@@ -391,12 +528,14 @@ class Index:
                                   key(child))
 
     def count(self, txn: lmdb.Transaction, level: str) -> int:
+        self._written_through(txn, level)
         return txn.stat(self.db[_plural(level)])["entries"]
 
     def names(self, txn: lmdb.Transaction, level: str,
               prefix: str = "") -> Iterator[str]:
         """The keys of a level in key order, those starting with
         ``prefix`` only."""
+        self._written_through(txn, level)
         start = prefix.encode("utf-8")
         for raw in _keys_from(txn.cursor(db=self.db[_plural(level)]),
                               start):
@@ -407,6 +546,12 @@ class Index:
 
     def clear(self, txn: lmdb.Transaction, name: str) -> None:
         """Empty one database (for a rebuild of what it derives)."""
+        buffered = self._buffered(txn)
+        if buffered is not None:
+            # Whatever the buffer holds of it would come back at the
+            # flush; written first, it is dropped with the rest.
+            self._flush(buffered)
+            buffered.records.clear()
         txn.drop(self.db[name], delete=False)
 
     # Attribute indexes ---------------------------------------------------
@@ -440,15 +585,26 @@ class Index:
                     db=self.db["segments"])
 
     def counter(self, txn: lmdb.Transaction, name: str) -> int:
+        buffered = self._buffered(txn)
+        if buffered is not None and name in buffered.counters:
+            return buffered.counters[name]
         raw = txn.get(name.encode(), db=self.db["meta"])
-        return 0 if raw is None else _I64.unpack(raw)[0]
+        value = 0 if raw is None else _I64.unpack(raw)[0]
+        if buffered is not None:
+            buffered.counters[name] = value
+        return value
 
     def add_counter(self, txn: lmdb.Transaction, name: str,
                     delta: int) -> None:
-        if delta:
-            txn.put(name.encode(),
-                    _I64.pack(self.counter(txn, name) + delta),
-                    db=self.db["meta"])
+        if not delta:
+            return
+        value = self.counter(txn, name) + delta
+        buffered = self._buffered(txn)
+        if buffered is None:
+            txn.put(name.encode(), _I64.pack(value), db=self.db["meta"])
+        else:
+            buffered.counters[name] = value
+            buffered.dirty_counters.add(name)
 
     def close(self) -> None:
         """Close the environment once every transaction has finished;

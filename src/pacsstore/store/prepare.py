@@ -11,14 +11,24 @@ lookup in a read transaction is far cheaper than zstd. Blocks are never
 removed from the index (a block whose last reference went away keeps its
 entry with a count of zero until compaction), so "present" seen here is
 still true when the committer applies the instance.
+
+A large file is streamed instead of held (``plan_stream`` and
+``prepare_stream``): parsed through a read-only mapping, then read a
+chunk of frames at a time with positional reads, each chunk digested,
+compressed and written to the instance's own segment files
+(segments.StreamSegments) from the same bytes, so that what is stored
+is what was digested, in memory bounded by the chunk.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
+import os
 import struct
 import threading
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import zstandard
@@ -28,20 +38,46 @@ from pacsstore.errors import MalformedDicomError, NotStorableError
 from pacsstore.store import blocks, layout
 from pacsstore.store.blocks import EncodedBlock, Kind
 from pacsstore.store.index import MAX_KEY_BYTES, Index, dumps
+from pacsstore.store.segments import StreamSegments
 
 # A cut in the content digest: offset in the dataset, length, block,
 # offset in the block.
 _CUT = struct.Struct("<QQQQ")
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 DEFLATED = "1.2.840.10008.1.2.1.99"
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _META_SOP_CLASS = 0x00020002
 _META_SOP_INSTANCE = 0x00020003
+# A large file's pixel data is read, digested, compressed and written
+# this many bytes at a time (whole frames; a larger frame alone), which
+# bounds the memory a store of it takes, whatever the file's size.
+STREAM_CHUNK = 8 << 20
+
+
+@dataclass(frozen=True)
+class PlacedBlock:
+    """A block of a large instance, already written by its stream: what
+    the index entry records of it."""
+
+    digest: bytes
+    kind: Kind
+    codec: int
+    raw_length: int
+    stored_length: int
+    file: int      # the stream's file; its segment number comes at commit
+    offset: int
+
+    @property
+    def total_length(self) -> int:
+        return blocks.HEADER_SIZE + self.stored_length
 
 
 @dataclass
 class Prepared:
     """An instance ready to commit: its record (without the index-only
-    fields) and the compressed blocks the index did not have."""
+    fields) and the blocks the index did not have: compressed in memory
+    (``encoded``), or, for a large instance, already written to its
+    ``stream``'s segments (``placed``)."""
 
     uid: str
     record: dict[str, Any]
@@ -49,6 +85,8 @@ class Prepared:
     raw_lengths: list[int]
     kinds: list[Kind]
     encoded: dict[bytes, EncodedBlock] = field(default_factory=dict)
+    placed: dict[bytes, PlacedBlock] = field(default_factory=dict)
+    stream: StreamSegments | None = None
 
     @property
     def size(self) -> int:
@@ -57,6 +95,14 @@ class Prepared:
     @property
     def pending_bytes(self) -> int:
         return sum(b.total_length for b in self.encoded.values())
+
+    @property
+    def held_bytes(self) -> int:
+        """Memory this instance holds until it commits: its input and
+        encoded blocks; a streamed one holds neither."""
+        if self.stream is not None:
+            return self.pending_bytes
+        return self.size + self.pending_bytes
 
 
 class Preparer:
@@ -90,8 +136,13 @@ class Preparer:
         uid = _require_uid(buffer, result, attributes)
         deflated = result.transfer_syntax == DEFLATED
         parts = layout.split(buffer, result.pixel, deflated)
-        record = _record(buffer, result, attributes, parts, source_ae)
-        prepared = _blocks_of(uid, record, parts)
+        # Without cuts the header block is the whole file, so the digest
+        # that names the block is the file's SHA-256 as well: one pass
+        # over the bytes fewer for an instance without frames.
+        header_digest = None if parts.cuts else blocks.digest(parts.header)
+        record = _record(buffer, result, attributes, parts, source_ae,
+                         sha256=header_digest and header_digest.hex())
+        prepared = _blocks_of(uid, record, parts, header_digest)
         record["content_sha256"] = _content_digest(
             parts, prepared.digests[1:], result.transfer_syntax,
             result.dataset_offset)
@@ -105,16 +156,256 @@ class Preparer:
             missing = [i for i, d in enumerate(prepared.digests)
                        if self._index.block(txn, d) is None]
         compressor = self._compressor()
+        sample_bytes = _sample_bytes(prepared.record)
         for i in missing:
             name = prepared.digests[i]
             if name not in prepared.encoded:
                 prepared.encoded[name] = blocks.encode(
                     prepared.kinds[i], contents[i], compressor=compressor,
-                    name=name)
+                    name=name, sample_bytes=sample_bytes)
+
+    def plan_stream(self, fd: int, name: str) -> StreamPlan | None:
+        """Parse a large file through a read-only mapping, which brings
+        in only the pages the walk reads (the elements, not the pixel
+        values); None when its layout needs the whole file in memory.
+        ``name`` is the file's name for messages."""
+        stat = os.fstat(fd)
+        try:
+            mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):
+            # Empty, or on a file system that cannot map it: read whole.
+            return None
+        with mapped:
+            view = memoryview(mapped)
+            try:
+                return _plan(view, stat, name)
+            finally:
+                view.release()
+
+    def prepare_stream(self, fd: int, plan: StreamPlan,
+                       stream: StreamSegments) -> Prepared:
+        """Prepare a planned file a chunk of frames at a time: each chunk
+        is read once, and the same bytes are digested (each frame, and
+        the whole file), compressed when the index lacks them and
+        written to ``stream``, which is synced before this returns. The
+        record is the one ``prepare`` gives for the same bytes."""
+        parts = plan.parts
+        digests: list[bytes] = [b""] * (len(parts.cuts) + 1)
+        placed: dict[bytes, PlacedBlock] = {}
+        whole = _WholeFile(parts.header, plan.name)
+        for cuts in _chunks(parts.cuts):
+            contents = whole.read_frames(fd, cuts)
+            for cut, content in zip(cuts, contents):
+                digests[cut.block + 1] = blocks.digest(content)
+            self._write_new(plan.record, [plan.kind] * len(cuts), contents,
+                            [digests[c.block + 1] for c in cuts], placed,
+                            stream)
+        digests[0] = blocks.digest(parts.header)
+        self._write_new(plan.record, [Kind.HEADER], [parts.header],
+                        digests[:1], placed, stream)
+        sha256 = whole.finish()
+        _check_unchanged(fd, plan.stat, plan.name)
+        stream.sync()
+        return _streamed(plan, digests, sha256, placed, stream)
+
+    def _write_new(self, record: dict[str, Any], kinds: list[Kind],
+                   contents: list[bytes | memoryview], names: list[bytes],
+                   placed: dict[bytes, PlacedBlock],
+                   stream: StreamSegments) -> None:
+        """Compress the blocks of ``contents`` that neither the index nor
+        this stream has yet, and append them to the stream."""
+        fresh = [i for i, name in enumerate(names) if name not in placed]
+        if not fresh:
+            return
+        # _compress_missing works on a Prepared and its Split: give it
+        # this chunk as one, so the index lookup and the codec choice
+        # are the same as for an instance held in memory.
+        chunk = Prepared("", record, [names[i] for i in fresh],
+                         [len(contents[i]) for i in fresh],
+                         [kinds[i] for i in fresh])
+        picked = [contents[i] for i in fresh]
+        self._compress_missing(chunk, layout.Split(
+            picked[0], picked[1:], [], record["layout"], len(picked),
+            record["frame_bits"]))
+        for block in chunk.encoded.values():
+            file, offset = stream.append(block)
+            placed[block.digest] = PlacedBlock(
+                block.digest, block.kind, block.codec, block.raw_length,
+                len(block.payload), file, offset)
 
     def encode_manifest(self, record: dict[str, Any]) -> EncodedBlock:
         return blocks.encode(Kind.MANIFEST, dumps(record),
                              compressor=self._compressor())
+
+
+def _sample_bytes(record: dict[str, Any]) -> int:
+    """The sample size to hint to blocks.encode for the frame blocks: 2
+    for native little-endian frames of 16-bit samples, else 1 (no
+    filter). Encapsulated fragments are already compressed; big-endian
+    samples would put the noisy byte in the wrong plane (the filter would
+    still invert exactly, it would only compress worse)."""
+    little_endian_native = (record["layout"] == layout.NATIVE
+                            and record["transfer_syntax"] != _BIG_ENDIAN)
+    bits = record["attributes"].get("BitsAllocated")
+    return 2 if little_endian_native and bits == 16 else 1
+
+
+@dataclass
+class StreamPlan:
+    """A large file, parsed: its record so far (no digests yet), and its
+    header block and cuts (the frame bytes are read while streaming)."""
+
+    name: str
+    stat: os.stat_result
+    uid: str
+    record: dict[str, Any]
+    parts: layout.Split
+    transfer_syntax: str
+    dataset_offset: int
+    kind: Kind
+
+
+def _plan(view: memoryview, stat: os.stat_result,
+          name: str) -> StreamPlan | None:
+    header = parsing.read_header(view)
+    result, attributes = header.result, dict(header.attributes)
+    uid = _require_uid(view, result, attributes)
+    if result.transfer_syntax == DEFLATED or \
+            not _streamable_pixel(result.pixel):
+        return None
+    parts = layout.split(view, result.pixel, False)
+    by_block = {cut.block for cut in parts.cuts if not cut.block_offset}
+    streamable = len(by_block) == len(parts.cuts) == len(parts.blocks)
+    for block in parts.blocks:
+        if isinstance(block, memoryview):
+            block.release()
+    parts.blocks = []
+    if not streamable:
+        return None
+    record = _record(view, result, attributes, parts, None, sha256="")
+    return StreamPlan(name, stat, uid, record, parts,
+                      result.transfer_syntax, result.dataset_offset,
+                      Kind.FRAME)
+
+
+def _streamable_pixel(pixel: Any) -> bool:
+    """Whether every frame block is one range of the file: native frames
+    that are byte aligned, or encapsulated frames of one fragment each.
+    (A bit-packed value is one block; a frame of several fragments is
+    their concatenation: both are held whole.)"""
+    if pixel is None:
+        return False
+    if pixel.encapsulated:
+        return all(count == 1 for count in pixel.frame_fragment_count)
+    return not pixel.frame_bits % 8
+
+
+def _chunks(cuts: list[layout.Cut]) -> Iterator[list[layout.Cut]]:
+    """The cuts, in file order, in runs of about STREAM_CHUNK bytes."""
+    run: list[layout.Cut] = []
+    size = 0
+    for cut in cuts:
+        run.append(cut)
+        size += cut.length
+        if size >= STREAM_CHUNK:
+            yield run
+            run, size = [], 0
+    if run:
+        yield run
+
+
+class _WholeFile:
+    """The SHA-256 of the whole file, fed in file order: the runs between
+    cuts from the header block (the bytes stored), the cuts from the
+    frame bytes read (the bytes stored)."""
+
+    def __init__(self, header: bytes, name: str) -> None:
+        self._header = memoryview(header)
+        self._name = name
+        self._sha = hashlib.sha256()
+        self._position = 0     # file offset of the next byte to hash
+        self._consumed = 0     # header block bytes hashed
+
+    def read_frames(self, fd: int, cuts: list[layout.Cut]
+                    ) -> list[memoryview]:
+        """Read the span of ``cuts`` once; hash it in order; return each
+        cut's bytes. The header runs inside the span (item tags) must
+        read as the header block holds them, or the file changed."""
+        start = cuts[0].file_offset
+        end = cuts[-1].file_offset + cuts[-1].length
+        data = memoryview(_read_exactly(fd, start, end - start, self._name))
+        contents = []
+        for cut in cuts:
+            before = self._position
+            run = self._header_run(cut.file_offset)
+            if before >= start and data[before - start:
+                                        cut.file_offset - start] != run:
+                raise _changed(self._name, f"the bytes at offset {before}")
+            content = data[cut.file_offset - start:
+                           cut.file_offset - start + cut.length]
+            self._sha.update(content)
+            self._position = cut.file_offset + cut.length
+            contents.append(content)
+        return contents
+
+    def _header_run(self, up_to: int) -> memoryview:
+        gap = up_to - self._position
+        run = self._header[self._consumed:self._consumed + gap]
+        self._sha.update(run)
+        self._consumed += gap
+        return run
+
+    def finish(self) -> str:
+        self._sha.update(self._header[self._consumed:])
+        return self._sha.hexdigest()
+
+
+def _changed(name: str, what: str) -> NotStorableError:
+    return NotStorableError(
+        f"{name} changed while it was being stored ({what} differ from "
+        f"what was read before); nothing was stored, store it again once "
+        f"it is complete")
+
+
+def _read_exactly(fd: int, offset: int, length: int, name: str) -> bytearray:
+    data = bytearray(length)
+    view = memoryview(data)
+    done = 0
+    while done < length:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if not got:
+            raise _changed(name, f"it ends at offset {offset + done}, "
+                                 f"before the {length} bytes at offset "
+                                 f"{offset} that it held; the size and "
+                                 f"contents")
+        done += got
+    return data
+
+
+def _check_unchanged(fd: int, before: os.stat_result, name: str) -> None:
+    """No writer touched the file while it was read: its size and
+    modification and change times are the ones it was opened with."""
+    now = os.fstat(fd)
+    fields = ("st_size", "st_mtime_ns", "st_ctime_ns")
+    if any(getattr(now, f) != getattr(before, f) for f in fields):
+        raise _changed(name, "its size or modification time")
+
+
+def _streamed(plan: StreamPlan, digests: list[bytes], sha256: str,
+              placed: dict[bytes, PlacedBlock],
+              stream: StreamSegments) -> Prepared:
+    record, parts = plan.record, plan.parts
+    record["sha256"] = sha256
+    record["header"] = digests[0].hex()
+    record["blocks"] = [d.hex() for d in digests[1:]]
+    record["content_sha256"] = _content_digest(
+        parts, digests[1:], plan.transfer_syntax, plan.dataset_offset)
+    lengths = [0] * len(parts.cuts)
+    for cut in parts.cuts:
+        lengths[cut.block] = cut.length
+    kinds = [Kind.HEADER] + [plan.kind] * len(parts.cuts)
+    return Prepared(plan.uid, record, digests, [len(parts.header), *lengths],
+                    kinds, placed=placed, stream=stream)
 
 
 def _byte_view(buffer: bytes | memoryview) -> memoryview:
@@ -222,6 +513,11 @@ def _text(attributes: dict[str, Any], keyword: str) -> str:
     return "" if value is None else str(value)
 
 
+# Values _jsonable returns as they are, by exact type (a subclass, such
+# as bool, takes the full test).
+_PLAIN = frozenset((str, int, float, type(None)))
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (tuple, list)):
         return [_jsonable(v) for v in value]
@@ -234,7 +530,10 @@ def _jsonable(value: Any) -> Any:
 
 def _record(buffer: bytes | memoryview, result: Any,
             attributes: dict[str, Any], parts: layout.Split,
-            source_ae: str | None) -> dict[str, Any]:
+            source_ae: str | None, *,
+            sha256: str | None = None) -> dict[str, Any]:
+    """The instance record; ``sha256`` is the whole file's digest when
+    the caller takes it (a streamed file is hashed as it is read)."""
     view = memoryview(buffer)
     pixel = result.pixel
     for keyword in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID"):
@@ -252,14 +551,18 @@ def _record(buffer: bytes | memoryview, result: Any,
         "study": _text(attributes, "StudyInstanceUID"),
         "series": _text(attributes, "SeriesInstanceUID"),
         "size": len(view),
-        "sha256": hashlib.sha256(view).hexdigest(),
+        "sha256": (hashlib.sha256(view).hexdigest() if sha256 is None
+                   else sha256),
         "layout": parts.layout,
         "frames": parts.frame_count,
         "frame_bits": parts.frame_bits,
         "pixel_offset": None if pixel is None else pixel.element_offset,
         "cuts": [list(c) for c in parts.cuts],
         "source_ae": source_ae,
-        "attributes": {k: _jsonable(v) for k, v in attributes.items()},
+        # Most values are plain strings and integers already: they skip
+        # the call (an instance's attributes are a few dozen of them).
+        "attributes": {k: v if type(v) in _PLAIN else _jsonable(v)
+                       for k, v in attributes.items()},
     }
 
 
@@ -285,12 +588,15 @@ def _content_digest(parts: layout.Split, frame_digests: list[bytes],
     return identity.hexdigest()
 
 
-def _blocks_of(uid: str, record: dict[str, Any],
-               parts: layout.Split) -> Prepared:
+def _blocks_of(uid: str, record: dict[str, Any], parts: layout.Split,
+               header_digest: bytes | None = None) -> Prepared:
+    """The blocks of ``parts``, named; ``header_digest`` is the header
+    block's digest when the caller already took it."""
     contents = [parts.header, *parts.blocks]
     kind = Kind.PIXELS if parts.layout == layout.BITPACKED else Kind.FRAME
     kinds = [Kind.HEADER] + [kind] * len(parts.blocks)
-    digests = [blocks.digest(c) for c in contents]
+    digests = [header_digest or blocks.digest(contents[0]),
+               *(blocks.digest(c) for c in contents[1:])]
     record["header"] = digests[0].hex()
     record["blocks"] = [d.hex() for d in digests[1:]]
     return Prepared(uid, record, digests, [len(c) for c in contents], kinds)

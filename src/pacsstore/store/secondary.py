@@ -42,8 +42,13 @@ CODES = {
     ("series", "Modality"): b"S",
 }
 _KEYWORDS: dict[str, tuple[str, ...]] = {}
-for (_level, _keyword) in CODES:
+# level -> ((keyword, code, VR), ...): what entries() computes for each
+# record, looked up once here rather than for every record stored.
+_INDEXED: dict[str, tuple[tuple[str, bytes, str], ...]] = {}
+for (_level, _keyword), _code in CODES.items():
     _KEYWORDS[_level] = (*_KEYWORDS.get(_level, ()), _keyword)
+    _INDEXED[_level] = (*_INDEXED.get(_level, ()),
+                        (_keyword, _code, matching.vr_of(_keyword)))
 # LMDB keys are at most 511 bytes: a longer value is indexed by its
 # start, which still finds it (lookups are supersets).
 _MAX_VALUE_BYTES = 256
@@ -54,9 +59,9 @@ def indexed(level: str, keyword: str) -> bool:
     return (level, keyword) in CODES
 
 
-def _normalized(keyword: str, value: Any) -> list[str]:
-    """The forms one stored value is indexed under."""
-    vr = matching.vr_of(keyword)
+def _normalized(keyword: str, vr: str, value: Any) -> list[str]:
+    """The forms one stored value of ``keyword`` (of VR ``vr``) is
+    indexed under."""
     if vr == "PN":
         groups = [g for g in matching.name_groups(str(value)) if g]
         return groups or [""]
@@ -81,13 +86,12 @@ def entries(level: str, name: str, record: dict[str, Any] | None
     found: set[bytes] = set()
     if record is None:
         return found
-    for (of_level, keyword), code in CODES.items():
-        if of_level != level:
-            continue
+    entity = _SEPARATOR + key(name)
+    for keyword, code, vr in _INDEXED.get(level, ()):
         values = matching.values_of(record.get(keyword)) or [""]
         for value in values:
-            for form in _normalized(keyword, value):
-                found.add(code + _clip(form) + _SEPARATOR + key(name))
+            for form in _normalized(keyword, vr, value):
+                found.add(code + _clip(form) + entity)
     return found
 
 

@@ -17,12 +17,25 @@ to their committed lengths, so a failure leaves nothing behind.
 A segment is sealed, and a new one started, when the next block would
 take it past ``max_size``; a block larger than that gets a segment of its
 own rather than being refused.
+
+An instance too large to hold in memory (see prepare.py) writes its
+blocks as it reads them, in the caller's thread, into files of its own
+(``StreamSegments``, named ``*.stream``, with a placeholder segment
+number) and fdatasyncs them. Its batch gives them the next segment
+numbers (header rewritten, file renamed: ``SegmentWriter.take_stream``),
+records them in the instance's transaction, and continues in the last of
+them, so that its manifest lies behind its blocks and manifests stay in
+commit order. Numbers are only ever given in the committer's order, so a
+stream that is not stored leaves no gap in them. A crash leaves either
+``*.stream`` files or segments past every committed one; recovery sets
+both aside.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import shutil
@@ -41,7 +54,7 @@ from pacsstore.errors import (
     OutOfSpaceError,
 )
 from pacsstore.store import blocks
-from pacsstore.store.blocks import BlockHeader
+from pacsstore.store.blocks import BlockHeader, EncodedBlock
 from pacsstore.store.faults import crash_point
 
 log = logging.getLogger(__name__)
@@ -99,6 +112,12 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _raise_for_os_error(exc: OSError, what: str) -> None:
     if exc.errno == 28:  # ENOSPC
         raise OutOfSpaceError(
@@ -137,6 +156,9 @@ class SegmentWriter:
         self.max_size = max_size
         self.committed = dict(committed)
         self._pending: dict[int, _Pending] = {}
+        # Stream segments numbered by this batch: their length when taken,
+        # which is where the batch's appends to them start.
+        self._adopted: dict[int, int] = {}
         self._recover()
         self._current = max(self.committed, default=0)
         self._end = self.committed.get(self._current, 0)
@@ -153,6 +175,9 @@ class SegmentWriter:
         from the segments can still find."""
         on_disk = _segment_files(self.directory)
         self._check_unknown_segments(on_disk)
+        for path in sorted(self.directory.glob(f"*{STREAM_SUFFIX}")):
+            self._set_aside(path, 0)
+            path.unlink()
         for number, path in sorted(on_disk.items()):
             if number not in self.committed:
                 self._set_aside(path, 0)
@@ -247,9 +272,24 @@ class SegmentWriter:
 
     def _pending_for(self, segment: int) -> _Pending:
         if segment not in self._pending:
-            start = self.committed.get(segment, HEADER_SIZE)
+            start = self.committed.get(
+                segment, self._adopted.get(segment, HEADER_SIZE))
             self._pending[segment] = _Pending(start)
         return self._pending[segment]
+
+    def open_stream(self) -> StreamSegments:
+        return StreamSegments(self.directory, self.max_size)
+
+    def take_stream(self, stream: StreamSegments) -> None:
+        """Give the stream's files the next segment numbers, and continue
+        the batch in the last of them: appends then lie behind the
+        stream's blocks, and numbers stay in commit order."""
+        if not stream.files:
+            return
+        lengths = stream.number(self._current + 1)
+        self._adopted.update(lengths)
+        self._current = max(lengths)
+        self._end = lengths[self._current]
 
     def _start_segment(self) -> None:
         number = self._current + 1
@@ -289,9 +329,7 @@ class SegmentWriter:
             try:
                 os.lseek(fd, pending.start, os.SEEK_SET)
                 for chunk in pending.chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    _write_all(fd, chunk)
                 crash_point("segment.written")
                 os.fdatasync(fd)
             finally:
@@ -304,18 +342,165 @@ class SegmentWriter:
         """The index transaction recording ``lengths`` has committed."""
         self.committed.update(lengths)
         self._pending.clear()
+        self._adopted.clear()
 
     def rollback(self) -> None:
-        """Forget the batch and cut whatever it wrote off the disk."""
+        """Forget the batch and cut whatever it wrote off the disk. A
+        stream segment it numbered is cut back to the stream's own bytes;
+        the committer then removes it or gives it back its stream name."""
         for number, pending in self._pending.items():
             path = segment_path(self.directory, number)
-            if number not in self.committed:
+            kept = self.committed.get(number, self._adopted.get(number))
+            if kept is None:
                 path.unlink(missing_ok=True)
             elif path.exists():
-                os.truncate(path, self.committed[number])
+                os.truncate(path, kept)
         self._pending.clear()
+        self._adopted.clear()
         self._current = max(self.committed, default=0)
         self._end = self.committed.get(self._current, 0)
+
+
+STREAM_SUFFIX = ".stream"
+_stream_names = itertools.count()
+
+
+class StreamSegments:
+    """The files one large instance writes its blocks into while it is
+    read, in the caller's thread, before it joins a batch.
+
+    They are files of their own, never the committer's open segment:
+    a batch committing meanwhile records that segment's new length, and
+    this instance's bytes would count as committed before they are
+    synced or indexed. Each starts with a segment header whose number is
+    a placeholder (0) until ``number`` gives it its own; blocks are
+    placed by (file, offset). A stream that is not stored is removed
+    (``discard``); one left by a crash is set aside by recovery."""
+
+    def __init__(self, directory: Path, max_size: int) -> None:
+        self._directory = directory
+        self._max_size = max_size
+        self.files: list[Path] = []
+        self._lengths: list[int] = []
+        self._numbers: list[int] = []
+        self._fd: int | None = None
+        self._cancelled = False
+
+    @property
+    def lengths(self) -> dict[int, int]:
+        """Segment number -> length, once numbered."""
+        return dict(zip(self._numbers, self._lengths))
+
+    def segment_of(self, file: int) -> int:
+        return self._numbers[file]
+
+    def cancel(self) -> None:
+        """Make the next append fail: the store is closing."""
+        self._cancelled = True
+
+    def append(self, block: EncodedBlock) -> tuple[int, int]:
+        """Write ``block`` at the end; returns (file, offset)."""
+        if self._cancelled:
+            raise ArchiveClosedError(
+                f"the store at {self._directory.parent} was closed while "
+                f"a large instance was being stored; it was not stored")
+        length = block.total_length
+        if self._fd is None or (self._lengths[-1] > HEADER_SIZE and
+                                self._lengths[-1] + length > self._max_size):
+            self._start()
+        offset = self._lengths[-1]
+        try:
+            _write_all(self._fd, block.header)
+            _write_all(self._fd, block.payload)
+        except OSError as exc:
+            _raise_for_os_error(exc, f"appending to {self.files[-1]}")
+        self._lengths[-1] = offset + length
+        return len(self.files) - 1, offset
+
+    def _start(self) -> None:
+        self._close_fd()
+        name = f"{os.getpid()}-{next(_stream_names)}{STREAM_SUFFIX}"
+        path = self._directory / name
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                               0o644)
+            self.files.append(path)
+            self._lengths.append(HEADER_SIZE)
+            _write_all(self._fd, _segment_header(0))
+        except OSError as exc:
+            _raise_for_os_error(exc, f"creating {path}")
+
+    def sync(self) -> None:
+        """fdatasync every file of the stream. Their names need not
+        survive a crash: the commit renames them, and syncs that."""
+        self._close_fd()
+        for path in self.files:
+            try:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    crash_point("segment.written")
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                _raise_for_os_error(exc, f"syncing {path}")
+
+    def number(self, first: int) -> dict[int, int]:
+        """Make the files segments ``first``, ``first + 1``, ...: the
+        header with the number, synced, then the name, and the
+        directory synced. Returns their lengths by number."""
+        for offset, path in enumerate(self.files):
+            number = first + offset
+            target = segment_path(self._directory, number)
+            try:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.pwrite(fd, _segment_header(number), 0)
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(path, target)
+            except OSError as exc:
+                _raise_for_os_error(exc, f"numbering {path} as {target}")
+            self.files[offset] = target
+            self._numbers.append(number)
+            crash_point("segment.created")
+        fsync_directory(self._directory)
+        return self.lengths
+
+    def unnumber(self) -> None:
+        """Give the files stream names again (their batch runs again,
+        and numbers them afresh)."""
+        for offset, path in enumerate(self.files):
+            if offset < len(self._numbers):
+                name = self._directory / \
+                    f"{os.getpid()}-{next(_stream_names)}{STREAM_SUFFIX}"
+                os.rename(path, name)
+                self.files[offset] = name
+        self._numbers.clear()
+
+    def committed(self) -> None:
+        """The index now lists the segments: they are the store's."""
+        self._close_fd()
+
+    def discard(self) -> None:
+        """Remove the files: the instance was not stored. One that cannot
+        be removed holds nothing acknowledged, and the next writer to
+        open the store sets it aside."""
+        self._close_fd()
+        for path in self.files:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", path, exc)
+        self.files.clear()
+        self._lengths.clear()
+        self._numbers.clear()
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class SegmentReader:
