@@ -200,3 +200,46 @@ def test_damaged_header_block_fails_decode_not_stored_frame(tmp_path):
             archive.frame(uid, 6, decode=True)
         with pytest.raises(CorruptStoreError):
             archive.get(uid)
+
+
+def _decodes_of_a_record(archive: Archive, monkeypatch) -> list[str]:
+    """The instance records the index decodes (json), by where."""
+    from pacsstore.store import index as index_module
+    seen: list[str] = []
+    original = index_module.loads
+
+    def counting(raw, where):
+        seen.append(where)
+        return original(raw, where)
+
+    monkeypatch.setattr(index_module, "loads", counting)
+    return seen
+
+
+def test_frames_of_a_large_record_decode_it_once(tmp_path, monkeypatch):
+    # 600 frames: a record of more than 16 KiB of JSON, which frame reads
+    # decoded again on every call.
+    path = _multiframe(tmp_path, 600)
+    reference = _pydicom_frames(_read(path), encapsulated=False)
+    with Archive(tmp_path / "store") as archive:
+        uid = _stored(archive, path)
+        seen = _decodes_of_a_record(archive, monkeypatch)
+        frames = [archive.frame(uid, i) for i in (0, 299, 599, 299)]
+    assert frames == [reference[i] for i in (0, 299, 599, 299)]
+    assert seen.count(f"instance {uid}") == 1
+
+
+def test_a_replaced_instance_is_not_read_from_its_old_record(tmp_path):
+    first = _multiframe(tmp_path, 600)
+    ds = _read(first)
+    ds.PixelData = bytes(b ^ 0xFF for b in ds.PixelData)  # other pixels
+    second = tmp_path / "replaced.dcm"
+    ds.save_as(second, enforce_file_format=True)
+    with Archive(tmp_path / "store", on_conflict="replace") as archive:
+        uid = _stored(archive, first)
+        before = archive.frame(uid, 5)
+        archive.store(second)
+        after = archive.frame(uid, 5)
+    assert before == _pydicom_frames(_read(first), encapsulated=False)[5]
+    assert after == _pydicom_frames(_read(second), encapsulated=False)[5]
+    assert after != before

@@ -41,7 +41,7 @@ class InstanceReader:
                  | None = None) -> None:
         self._segments = segments
         with index.read() as txn:
-            record = index.record(txn, "instance", uid)
+            record = index.instance_to_read(txn, uid)
             if record is None:
                 raise NotFoundError(f"no instance with SOP Instance UID "
                                     f"{uid} is stored")
