@@ -142,31 +142,14 @@ def unkey(raw: bytes) -> str:
 
 
 # What json.dumps(record, separators=(",", ":"), ensure_ascii=False)
-# builds on every call, built once; the bytes are the same. The C
-# encoder behind it is reused directly where the interpreter has it:
-# records are trees our code builds, so the check for circular
-# references (the only state a call keeps) is left out.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-
-
-def _c_encoder() -> Callable[[Any, int], Any] | None:
-    make = getattr(json.encoder, "c_make_encoder", None)
-    if make is None:
-        return None
-    try:
-        return make(None, _ENCODER.default, json.encoder.encode_basestring,
-                    None, ":", ",", False, False, True)
-    except TypeError:  # another signature: the encoder's own path
-        return None
-
-
-_C_ENCODE = _c_encoder()
+# builds on every call, built once; the bytes are the same. Records are
+# trees our code builds, so the check for circular references is off.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+                            check_circular=False)
 
 
 def dumps(record: dict[str, Any]) -> bytes:
-    if _C_ENCODE is None:
-        return _ENCODER.encode(record).encode("utf-8")
-    return "".join(_C_ENCODE(record, 0)).encode("utf-8")
+    return _ENCODER.encode(record).encode("utf-8")
 
 
 def loads(raw: bytes, where: str) -> dict[str, Any]:
