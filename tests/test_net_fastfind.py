@@ -255,3 +255,65 @@ def test_fastfind_undecodable_identifier_is_refused(node, identifier_bytes):
         assert read_message(peer)[0].Status == 0x0000  # it goes on
     finally:
         peer.release()
+
+
+def _match() -> "Dataset":
+    from pydicom.dataset import Dataset
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.PatientID = "PAT-001"
+    return ds
+
+
+def _returns_a_list(event):
+    return [(0xFF00, _match()), (0xFF00, _match())]
+
+
+def _raises_at_once(event):
+    raise RuntimeError("a handler bug")
+
+
+def _raises_midway(event):
+    yield 0xFF00, _match()
+    raise RuntimeError("a handler bug")
+
+
+def _unknown_status(event):
+    yield 0xFF00, _match()
+    yield 0x1234, None
+
+
+def _warning_then_more(event):
+    yield 0xB001, None
+    yield 0xFF00, _match()
+
+
+def _unencodable(event):
+    yield 0xFF00, "not a dataset"
+
+
+@pytest.mark.parametrize("handler", [
+    _returns_a_list, _raises_at_once, _raises_midway, _unknown_status,
+    _warning_then_more, _unencodable], ids=lambda h: h.__name__)
+def test_fastfind_handler_outcomes_answer_as_pynetdicom(filled, monkeypatch,
+                                                        handler):
+    from pynetdicom import evt
+    statuses = {}
+    for path in ("fast", "pynetdicom"):
+        if path == "pynetdicom":
+            monkeypatch.setattr(fastpath, "eligible", lambda assoc: False)
+        with Archive(filled) as archive, Node(archive, port=0) as running:
+            running._server.bind(evt.EVT_C_FIND, handler)
+            assoc = qr_association(running, [STUDY_ROOT_FIND])
+            try:
+                assert handed_over(acceptor(running)) is (path == "fast")
+                statuses[path] = [
+                    (status.Status, None if ident is None
+                     else ident.PatientID)
+                    for status, ident in assoc.send_c_find(
+                        identifier("STUDY", PatientID=""),
+                        STUDY_ROOT_FIND)]
+            finally:
+                assoc.release()
+    assert statuses["fast"] == statuses["pynetdicom"]
+    assert statuses["fast"]  # a final response always came
