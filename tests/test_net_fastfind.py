@@ -14,7 +14,9 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import evt
 from pynetdicom.dsutils import decode, encode
 
 from pacsstore import Archive
@@ -257,8 +259,7 @@ def test_fastfind_undecodable_identifier_is_refused(node, identifier_bytes):
         peer.release()
 
 
-def _match() -> "Dataset":
-    from pydicom.dataset import Dataset
+def _match() -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY"
     ds.PatientID = "PAT-001"
@@ -297,7 +298,6 @@ def _unencodable(event):
     _warning_then_more, _unencodable], ids=lambda h: h.__name__)
 def test_fastfind_handler_outcomes_answer_as_pynetdicom(filled, monkeypatch,
                                                         handler):
-    from pynetdicom import evt
     statuses = {}
     for path in ("fast", "pynetdicom"):
         if path == "pynetdicom":
