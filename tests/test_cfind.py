@@ -9,6 +9,7 @@ import io
 
 import pydicom
 import pytest
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom.dsutils import decode, encode
@@ -203,6 +204,27 @@ def test_cfind_unindexed_key_is_universal_and_returned_empty(archive):
     [response] = _find(archive, request)
     assert response.PatientWeight is None
     assert len(response.ReferencedStudySequence) == 0
+
+
+@pytest.mark.parametrize("length", [16, 70_000])
+def test_cfind_key_that_came_as_bytes_is_refused_not_universal(archive,
+                                                               length):
+    # DCMTK sends a PatientName of 65,536 bytes or more as UN: matched
+    # universally it would answer every study.
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = ""
+    ds.add(DataElement(0x00100010, "UN", b"A" * length))
+    on_wire = decode(io.BytesIO(encode(ds, False, True)), False, True)
+    if length < 0xFFFF:
+        # pydicom reads a short UN of a known tag with the tag's own VR.
+        assert on_wire["PatientName"].VR == "PN"
+        assert _find(archive, on_wire) == []
+        return
+    assert on_wire["PatientName"].VR == "UN"
+    with pytest.raises(QueryError, match=r"PatientName \(0010,0010\) came "
+                                         r"as UN, 70000 bytes"):
+        find_identifiers(archive, on_wire, model="study")
 
 
 def test_cfind_reports_the_keys_it_cannot_match_or_return(archive):

@@ -351,3 +351,19 @@ def _relational(sop_class):
     item.sop_class_uid = sop_class
     item.service_class_application_information = b"\x01"
     return item
+
+
+@pytest.mark.skipif(not dcmtk_available(), reason="no DCMTK")
+def test_net_find_overlong_key_from_findscu_is_refused(node, tmp_path):
+    # findscu sends a PatientName of 65,536 bytes as UN (its explicit VR
+    # has a 16-bit length): refused, not matched as universal.
+    out = tmp_path / "responses"
+    out.mkdir()
+    result = subprocess.run(
+        [dcmtk_tool("findscu"), "-S", "-aec", NODE_AE, "-v",
+         "-k", "QueryRetrieveLevel=STUDY", "-k", "PatientName=" + "A" * 65536,
+         "-k", "StudyInstanceUID", "127.0.0.1", str(node.port)],
+        env=DCMTK_ENV, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Find Response: 1 (Pending)" not in result.stderr
+    assert "Received Final Find Response (Failed" in result.stderr

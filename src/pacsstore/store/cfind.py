@@ -193,6 +193,7 @@ def _read(identifier: Dataset, model: str, relational: bool) -> _Request:
         request.returned.append(element)
         value = _query_value(element)
         if keyword in known:
+            _refuse_unreadable(element, keyword)
             request.keys[keyword] = value
         elif not _below(keyword, target):
             request.unsupported.append(keyword)
@@ -231,6 +232,20 @@ def _below(keyword: str, level: str) -> bool:
 
 def _tag(element: DataElement) -> str:
     return f"({element.tag.group:04X},{element.tag.element:04X})"
+
+
+def _refuse_unreadable(element: DataElement, keyword: str) -> None:
+    """A key the index holds whose value came as bytes (UN, OB, ...)
+    cannot be matched: refused, where matching it universally would
+    answer every entity. A peer sends a key as UN when its value does
+    not fit the 16-bit length of its explicit VR (65,535 bytes or more);
+    an empty one is a return key like any other."""
+    value = element.value
+    if isinstance(value, (bytes, bytearray)) and value:
+        raise QueryError(
+            f"{keyword} {_tag(element)} came as {element.VR}, "
+            f"{len(value)} bytes the matcher cannot read as its value "
+            f"(too long for its own VR?)")
 
 
 def _query_value(element: DataElement) -> Any:

@@ -375,7 +375,7 @@ def _read_exactly(fd: int, offset: int, length: int, name: str) -> bytearray:
         got = os.preadv(fd, [view[done:]], offset + done)
         if not got:
             raise _changed(name, f"it ends at offset {offset + done}, "
-                                 f"before the {length} bytes at offset "
+                                 f"inside the {length} bytes from offset "
                                  f"{offset} that it held; the size and "
                                  f"contents")
         done += got
