@@ -254,6 +254,15 @@ def decode_command(raw: bytes | bytearray | memoryview) -> Command:
         move_originator_id=_unsigned(values, _MOVE_ORIGINATOR_ID))
 
 
+def require_message_id(command: Command, name: str) -> int:
+    """The request's Message ID; a request without one is a protocol
+    error (PS3.7 E.1: it is mandatory in every request)."""
+    if command.message_id is None:
+        raise ProtocolError(f"a {name} has no Message ID (0000,0110)",
+                            REASON_NOT_SPECIFIED)
+    return command.message_id
+
+
 def _unsigned(values: dict[int, memoryview], element: int) -> int | None:
     value = values.get(element)
     if value is None:
@@ -574,9 +583,7 @@ class DataTransferLoop:
             self._refuse(command)
 
     def _store(self, command: Command, context: Any, data: bytes) -> None:
-        if command.message_id is None:
-            raise ProtocolError("a C-STORE-RQ has no Message ID (0000,0110)",
-                                REASON_NOT_SPECIFIED)
+        require_message_id(command, "C-STORE-RQ")
         request = C_STORE()
         try:
             request.MessageID = command.message_id
@@ -621,9 +628,7 @@ class DataTransferLoop:
         self._respond(context, encode_command(elements))
 
     def _echo(self, command: Command, context: Any) -> None:
-        if command.message_id is None:
-            raise ProtocolError("a C-ECHO-RQ has no Message ID (0000,0110)",
-                                REASON_NOT_SPECIFIED)
+        require_message_id(command, "C-ECHO-RQ")
         request = C_ECHO()
         request.MessageID = command.message_id
         request.AffectedSOPClassUID = command.affected_sop_class or \

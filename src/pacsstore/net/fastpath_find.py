@@ -41,7 +41,7 @@ from pynetdicom.utils import set_uid
 from pacsstore.net.fastpath import (C_FIND_RSP, DATA_SET_PRESENT,
                                     NO_DATA_SET, REASON_NOT_SPECIFIED,
                                     Command, ProtocolError, _status_fields,
-                                    encode_command)
+                                    encode_command, require_message_id)
 
 if TYPE_CHECKING:
     from pacsstore.net.fastpath import DataTransferLoop
@@ -80,12 +80,10 @@ def answer_find(loop: DataTransferLoop, command: Command, context: Any,
 
 
 def _request(command: Command, identifier: bytes) -> C_FIND:
-    if command.message_id is None:
-        raise ProtocolError("a C-FIND-RQ has no Message ID (0000,0110)",
-                            REASON_NOT_SPECIFIED)
+    message_id = require_message_id(command, "C-FIND-RQ")
     request = C_FIND()
     try:
-        request.MessageID = command.message_id
+        request.MessageID = message_id
         # The setter checks the UID with a regular expression on every
         # request (about 20 µs); the SOP class is one of a few, each
         # checked once.
