@@ -15,6 +15,7 @@ from setuptools import Extension, setup
 NATIVE_MODULES = {
     "pacsstore._parse": "src/_native/parse.pyx",
     "pacsstore._filters": "src/_native/filters.pyx",
+    "pacsstore._assemble": "src/_native/assemble.pyx",
 }
 
 

@@ -35,7 +35,7 @@ from pacsstore import (
     NotFoundError,
     QueryError,
 )
-from pacsstore.store import blocks, filters, readahead
+from pacsstore.store import blocks, filters, readahead, scratch
 from pacsstore.store.blocks import Kind
 from pacsstore.store.reader import InstanceReader
 
@@ -68,10 +68,10 @@ def _count_reads(monkeypatch, delay: float = 0.0) -> list[str]:
     started: list[str] = []
     read_all = InstanceReader.read_all
 
-    def counted(reader: InstanceReader) -> bytes:
+    def counted(reader: InstanceReader, *args) -> bytes:
         started.append(reader.record["sop_instance_uid"])
         time.sleep(delay)
-        return read_all(reader)
+        return read_all(reader, *args)
 
     monkeypatch.setattr(InstanceReader, "read_all", counted)
     return started
@@ -421,7 +421,7 @@ def test_decodes_on_many_threads_at_once_stay_apart():
 
 def test_a_frame_above_the_scratch_limit_decodes_too(monkeypatch):
     frame = _corpus_frames()[0]
-    monkeypatch.setattr(blocks, "_SCRATCH_LIMIT", len(frame) // 4)
+    monkeypatch.setattr(scratch, "KEEP_LIMIT", len(frame) // 4)
     header, head, payload = _filtered_block(frame)
     assert blocks.decode(header, head, payload, "test") == frame
 

@@ -14,10 +14,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t
 
 
-cdef inline Py_ssize_t _filtered_length(Py_ssize_t raw_length) noexcept:
-    # One more byte than the input when the sample count is odd: the
-    # half-used byte of each nibble plane.
-    return raw_length + (raw_length // 2) % 2
+include "planes16.pxi"
 
 
 def planes16(const uint8_t[::1] content):
@@ -67,23 +64,7 @@ def unplanes16(const uint8_t[::1] filtered, Py_ssize_t raw_length):
     if raw_length == 0:
         return out
     cdef uint8_t* raw = <uint8_t*>PyBytes_AS_STRING(out)
-    cdef const uint8_t* high = &filtered[0]
-    cdef Py_ssize_t samples = raw_length // 2
-    cdef Py_ssize_t pairs = (samples + 1) // 2
-    cdef const uint8_t* upper = high + samples
-    cdef const uint8_t* lower = upper + pairs
-    cdef Py_ssize_t i
+    cdef const uint8_t* source = &filtered[0]
     with nogil:
-        # Two samples (four bytes) a step, written in order.
-        for i in range(samples // 2):
-            raw[4 * i] = (lower[i] & 0x0F) | ((upper[i] & 0x0F) << 4)
-            raw[4 * i + 1] = high[2 * i]
-            raw[4 * i + 2] = (lower[i] >> 4) | (upper[i] & 0xF0)
-            raw[4 * i + 3] = high[2 * i + 1]
-        if samples % 2:
-            raw[2 * (samples - 1)] = (lower[pairs - 1] & 0x0F) | \
-                ((upper[pairs - 1] & 0x0F) << 4)
-            raw[2 * samples - 1] = high[samples - 1]
-        if raw_length % 2:
-            raw[raw_length - 1] = high[size - 1]
+        _unplanes16_into(source, raw_length, raw)
     return out

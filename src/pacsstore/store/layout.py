@@ -156,17 +156,29 @@ def splice(header: bytes, cuts: Sequence[Cut],
     called lazily, in cut order, so a streaming reader can hold one block
     at a time."""
     head = memoryview(header)
+    for piece in plan(cuts):
+        if isinstance(piece, slice):
+            if len(head[piece]):
+                yield head[piece]
+        else:
+            content = memoryview(block(piece.block))
+            yield content[piece.block_offset:
+                          piece.block_offset + piece.length]
+
+
+def plan(cuts: Sequence[Cut]) -> Iterator[slice | Cut]:
+    """The original file in order, as the pieces ``splice`` joins: a
+    slice of the header block, or a cut of a frame block. The last
+    header slice is open-ended (everything after the pixel data)."""
     position = consumed = 0
     for cut in cuts:
         gap = cut.file_offset - position
         if gap:
-            yield head[consumed:consumed + gap]
+            yield slice(consumed, consumed + gap)
             consumed += gap
-        content = memoryview(block(cut.block))
-        yield content[cut.block_offset:cut.block_offset + cut.length]
+        yield cut
         position = cut.file_offset + cut.length
-    if consumed < len(head):
-        yield head[consumed:]
+    yield slice(consumed, None)
 
 
 def bit_frame(value: bytes, index: int, frame_bits: int) -> bytes:

@@ -8,18 +8,26 @@ the decompressed content against its name) before a byte of it is
 returned, so damage on disk surfaces as CorruptStoreError, never as
 wrong pixels.
 
+A whole read rebuilds the file in the bytes object it returns
+(pacsstore._assemble): a frame block that the file uses whole is decoded
+straight into its place, so a CT slice costs one buffer of its size, not
+three.
+
 The stream holds the header block and one frame block at a time: a
 multi-gigabyte instance streams in the memory of its largest frame.
 """
 
 from __future__ import annotations
 
+import collections
 import io
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from pacsstore._assemble import FileAssembly
 from pacsstore.errors import CorruptStoreError, NotFoundError
 from pacsstore.store import layout
+from pacsstore.store.blocks import HEADER_SIZE
 from pacsstore.store.index import BlockEntry, Index
 from pacsstore.store.segments import SegmentReader
 
@@ -69,14 +77,26 @@ class InstanceReader:
                 f"block {name} of instance {uid} is missing from the index")
         return entry
 
-    def block(self, position: int) -> bytes:
-        """Content of block ``position``: 0 is the header block, 1.. the
-        frame blocks."""
+    def _located(self, position: int) -> BlockEntry:
         entry = self._entries.get(position)
         if entry is None:
             raise LookupError(f"block {position} of instance "
                               f"{self.record['sop_instance_uid']} was not "
                               f"located by this reader")
+        return entry
+
+    def will_need(self) -> None:
+        """Start fetching the located blocks from disk (see
+        SegmentReader.will_need); the reading ahead of get_many calls
+        it as it locates each instance."""
+        for entry in self._entries.values():
+            self._segments.will_need(entry.segment, entry.offset,
+                                     HEADER_SIZE + entry.stored_length)
+
+    def block(self, position: int) -> bytes:
+        """Content of block ``position``: 0 is the header block, 1.. the
+        frame blocks."""
+        entry = self._located(position)
         _, content = self._segments.read(
             entry.segment, entry.offset,
             expect=bytes.fromhex(self._names[position]),
@@ -105,13 +125,59 @@ class InstanceReader:
 
         return layout.splice(self.header(), self.cuts, frame)
 
-    def read_all(self) -> bytes:
-        data = b"".join(self.chunks())
-        if len(data) != self.record["size"]:
+    def read_all(self, assembly: FileAssembly | None = None) -> bytes:
+        """The whole file, decoded into the bytes object returned (see
+        pacsstore._assemble): a frame block used whole, as a native frame
+        is, is written straight into place; a block cut into several
+        pieces is decoded once and sliced. ``assembly``, when given, is
+        an empty one of the record's size to fill."""
+        size = self.record["size"]
+        if assembly is None:
+            assembly = FileAssembly(size)
+        elif assembly.size != size or assembly.filled:
+            raise ValueError(f"an assembly of {assembly.size} bytes with "
+                             f"{assembly.filled} written cannot hold a "
+                             f"fresh read of {size} bytes")
+        head = memoryview(self.header())
+        cuts_of_block = collections.Counter(cut.block for cut in self.cuts)
+        last: tuple[int, bytes] | None = None
+        try:
+            for piece in layout.plan(self.cuts):
+                if isinstance(piece, slice):
+                    assembly.append(head[piece])
+                elif cuts_of_block[piece.block] == 1 and \
+                        piece.block_offset == 0:
+                    self._frame_onto(piece, assembly)
+                else:
+                    if last is None or last[0] != piece.block:
+                        last = (piece.block, self.frame_block(piece.block))
+                    assembly.append(memoryview(last[1])[
+                        piece.block_offset:piece.block_offset + piece.length])
+        except OverflowError:
+            raise self._wrong_size(f"more than {size}") from None
+        if assembly.filled != size:
+            raise self._wrong_size(str(assembly.filled))
+        return assembly.finish()
+
+    def _frame_onto(self, cut: layout.Cut, assembly: FileAssembly) -> None:
+        """Frame block ``cut.block``, which ``cut`` covers whole."""
+        position = cut.block + 1
+        entry = self._located(position)
+        if entry.raw_length != cut.length:
             raise CorruptStoreError(
-                f"instance {self.record['sop_instance_uid']} rebuilt to "
-                f"{len(data)} bytes; {self.record['size']} were stored")
-        return data
+                f"block {self._names[position]} of instance "
+                f"{self.record['sop_instance_uid']} holds "
+                f"{entry.raw_length} bytes; its one cut in the file takes "
+                f"{cut.length}")
+        self._segments.read_onto(
+            entry.segment, entry.offset,
+            bytes.fromhex(self._names[position]), entry.stored_length,
+            assembly)
+
+    def _wrong_size(self, rebuilt: str) -> CorruptStoreError:
+        return CorruptStoreError(
+            f"instance {self.record['sop_instance_uid']} rebuilt to "
+            f"{rebuilt} bytes; {self.record['size']} were stored")
 
 
 class InstanceStream(io.RawIOBase):

@@ -53,9 +53,11 @@ from pacsstore.errors import (
     NewerFormatError,
     OutOfSpaceError,
 )
+from pacsstore._assemble import FileAssembly
 from pacsstore.store import blocks
 from pacsstore.store.blocks import BlockHeader, EncodedBlock
 from pacsstore.store.faults import crash_point
+from pacsstore.store.scratch import ThreadScratch
 
 log = logging.getLogger(__name__)
 
@@ -503,6 +505,11 @@ class StreamSegments:
             self._fd = None
 
 
+# A block's payload is read into a reused per-thread buffer: it is only
+# checked and decompressed, never kept (store/scratch.py).
+_payload_scratch = ThreadScratch()
+
+
 class SegmentReader:
     """Reads blocks from segments by (segment, offset); thread-safe
     (positional reads on shared descriptors). ``close`` waits for the
@@ -560,8 +567,59 @@ class SegmentReader:
              stored_length: int | None = None) -> tuple[BlockHeader, bytes]:
         """The verified content of the block at (segment, offset);
         ``expect`` and ``stored_length`` are what the index says of it."""
-        header, raw = self.read_header(number, offset)
+        header, raw, payload, where = self._read_checked(
+            number, offset, expect, stored_length)
+        return header, blocks.decode(header, raw, payload, where)
+
+    def will_need(self, number: int, offset: int, length: int) -> None:
+        """Tell the kernel these bytes will be read soon, so that a read
+        ahead of the reader starts fetching them from disk now, while the
+        CPU is busy decoding what came before (posix_fadvise WILLNEED:
+        an asynchronous hint, which does nothing for cached pages)."""
+        with self._reading():
+            os.posix_fadvise(self._fd(number), offset, length,
+                             os.POSIX_FADV_WILLNEED)
+
+    def read_onto(self, number: int, offset: int, expect: bytes,
+                  stored_length: int, assembly: FileAssembly) -> None:
+        """``read``, with the content written next into ``assembly``
+        (see blocks.decode_onto)."""
+        header, raw, payload, where = self._read_checked(
+            number, offset, expect, stored_length)
+        blocks.decode_onto(header, raw, payload, where, assembly)
+
+    def _read_checked(self, number: int, offset: int, expect: bytes | None,
+                      stored_length: int | None
+                      ) -> tuple[BlockHeader, memoryview, memoryview, str]:
+        """The block's header, checked against what the index says, its
+        raw bytes and its payload, in this thread's read buffer (valid
+        until the thread's next read)."""
         where = f"segment {number} offset {offset}"
+        if stored_length is None:
+            header, raw = self.read_header(number, offset)
+            self._check_entry(header, where, expect, None)
+            view = self._pread(number, offset + blocks.HEADER_SIZE,
+                               header.stored_length)
+            return header, memoryview(raw), view, where
+        # The index knows the payload's length: header and payload in one
+        # read. The header's own length is checked against it before the
+        # payload is used.
+        view = self._pread(number, offset, blocks.HEADER_SIZE + stored_length)
+        header = blocks.parse_header(view[:blocks.HEADER_SIZE], where)
+        self._check_entry(header, where, expect, stored_length)
+        # Short at the end of the file: decode reports the truncation.
+        return header, view[:blocks.HEADER_SIZE], \
+            view[blocks.HEADER_SIZE:], where
+
+    def _pread(self, number: int, offset: int, length: int) -> memoryview:
+        view = _payload_scratch.view(length)
+        with self._reading():
+            count = os.preadv(self._fd(number), [view], offset)
+        return view[:count]
+
+    @staticmethod
+    def _check_entry(header: BlockHeader, where: str, expect: bytes | None,
+                     stored_length: int | None) -> None:
         if expect is not None and header.digest != expect:
             raise CorruptStoreError(
                 f"block at {where} is {header.digest.hex()}, the index "
@@ -573,10 +631,6 @@ class SegmentReader:
             raise CorruptStoreError(
                 f"block at {where} claims {header.stored_length} payload "
                 f"bytes, the index recorded {stored_length}")
-        with self._reading():
-            payload = os.pread(self._fd(number), header.stored_length,
-                               offset + blocks.HEADER_SIZE)
-        return header, blocks.decode(header, raw, payload, where)
 
     def close(self) -> None:
         with self._cond:

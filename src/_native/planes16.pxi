@@ -1,0 +1,37 @@
+# The planes16 inverse as a plain C loop, shared by the filter module
+# (which returns new bytes) and the file assembly (which writes in place).
+# Included, not imported: a cdef function is inlined into each module.
+
+from libc.stdint cimport uint8_t
+
+
+cdef inline Py_ssize_t _filtered_length(Py_ssize_t raw_length) noexcept nogil:
+    # One more byte than the input when the sample count is odd: the
+    # half-used byte of each nibble plane.
+    return raw_length + (raw_length // 2) % 2
+
+
+cdef inline void _unplanes16_into(const uint8_t* filtered,
+                                  Py_ssize_t raw_length,
+                                  uint8_t* raw) noexcept nogil:
+    """Write the ``raw_length`` bytes that ``filtered`` (of
+    ``_filtered_length(raw_length)`` bytes) is the planes of."""
+    cdef Py_ssize_t size = _filtered_length(raw_length)
+    cdef Py_ssize_t samples = raw_length // 2
+    cdef Py_ssize_t pairs = (samples + 1) // 2
+    cdef const uint8_t* high = filtered
+    cdef const uint8_t* upper = high + samples
+    cdef const uint8_t* lower = upper + pairs
+    cdef Py_ssize_t i
+    # Two samples (four bytes) a step, written in order.
+    for i in range(samples // 2):
+        raw[4 * i] = (lower[i] & 0x0F) | ((upper[i] & 0x0F) << 4)
+        raw[4 * i + 1] = high[2 * i]
+        raw[4 * i + 2] = (lower[i] >> 4) | (upper[i] & 0xF0)
+        raw[4 * i + 3] = high[2 * i + 1]
+    if samples % 2:
+        raw[2 * (samples - 1)] = (lower[pairs - 1] & 0x0F) | \
+            ((upper[pairs - 1] & 0x0F) << 4)
+        raw[2 * samples - 1] = high[samples - 1]
+    if raw_length % 2:
+        raw[raw_length - 1] = high[size - 1]
