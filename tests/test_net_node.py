@@ -3,6 +3,7 @@ up, several associations at once, and TCP_NODELAY on accepted sockets."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import struct
@@ -17,6 +18,7 @@ from pynetdicom import AE
 from corpus import CORPUS_ROOT, corpus_available
 from pacsstore import Archive
 from pacsstore.net import Node
+from pacsstore.net.contexts import CheaplyCopiedContexts
 from pacsstore.net.dcmtk import dcmtk_tool
 from pacsstore.net.peers import describe, raw_file_sending
 from pacsstore.net.peers import send_with_pynetdicom
@@ -222,3 +224,54 @@ def test_net_pynetdicom_send_goes_on_past_a_file_it_cannot_send(node,
     assert [path for path, _ in report.failed] == [bad.path]
     for outgoing in good:
         assert outgoing.sop_instance_uid in node.archive
+
+
+# Per-association copies of the supported contexts -----------------------------
+
+def _context_fields(context) -> dict:
+    return dict(vars(context))
+
+
+def test_each_association_gets_contexts_of_its_own(node):
+    server_contexts = node._server.contexts
+    assert isinstance(server_contexts, CheaplyCopiedContexts)
+    copied = copy.deepcopy(server_contexts)
+    reference = copy.deepcopy(list(server_contexts))
+    assert type(copied) is list and len(copied) == len(server_contexts)
+    for ours, theirs, original in zip(copied, reference, server_contexts):
+        # What a full deep copy gives, field for field...
+        assert _context_fields(ours) == _context_fields(theirs)
+        # ...in objects that are not the server's.
+        assert ours is not original
+        assert ours.transfer_syntax is not original.transfer_syntax
+    before = list(server_contexts[0].transfer_syntax)
+    copied[0]._transfer_syntax.clear()
+    copied[0].context_id = 7
+    assert server_contexts[0].transfer_syntax == before
+    assert server_contexts[0].context_id is None
+
+
+def test_a_context_holds_no_other_mutable_field(node):
+    # The cheap copy shares every field but the syntax list: that is only
+    # right while each of the others is an immutable value.
+    immutable = (type(None), bool, int, str)
+    for context in node._server.contexts:
+        for name, value in vars(context).items():
+            if name != "_transfer_syntax":
+                assert isinstance(value, immutable), (name, value)
+        assert all(isinstance(uid, str) for uid in context._transfer_syntax)
+
+
+def test_many_associations_in_a_row_each_negotiate_afresh(node, series):
+    # The first association's negotiation must not leak into the next:
+    # each one proposes a different syntax for the same class.
+    from pydicom.uid import ImplicitVRLittleEndian
+    for syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                   ExplicitVRLittleEndian):
+        assoc = association(node, contexts=((CTImageStorage, syntax),))
+        try:
+            accepted = assoc.accepted_contexts
+            assert [str(c.transfer_syntax[0]) for c in accepted] == \
+                [str(syntax)]
+        finally:
+            assoc.release()

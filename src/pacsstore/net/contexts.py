@@ -27,6 +27,9 @@ syntaxes are all they need.
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 # pydicom has no public list of its UIDs; UID.name and UID.type read
 # this same table.
 from pydicom._uid_dict import UID_dictionary
@@ -157,3 +160,30 @@ def service_of(sop_class: str) -> Service | None:
     if sop_class == verification_sop_class():
         return None
     return Service.STORE
+
+
+class CheaplyCopiedContexts(list):
+    """The server's supported presentation contexts, as a list whose
+    deep copy shares the transfer syntax UIDs instead of copying them.
+
+    pynetdicom deep-copies the server's contexts for every association
+    it accepts, so that each negotiates on its own objects. The node's
+    list is every storage SOP class with every storable syntax, 12,288
+    UID objects, and their deep copy took about 70 ms per association
+    (an association that did one C-ECHO took 102 ms against the node and
+    20 ms against DCMTK's storescp). A UID is an immutable string; what
+    negotiation changes on a context is its own scalar fields and, at
+    most, its list of syntaxes. So each context is copied, with a list of
+    its own holding the same UIDs, which gives every association
+    separate contexts for a fraction of the cost.
+    """
+
+    def __deepcopy__(self, memo: dict) -> list:
+        return [_copy_context(context) for context in self]
+
+
+def _copy_context(context: Any) -> Any:
+    copied = copy.copy(context)
+    # The one mutable field of pynetdicom 3.0's PresentationContext.
+    copied._transfer_syntax = list(context._transfer_syntax)
+    return copied

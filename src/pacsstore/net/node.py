@@ -31,7 +31,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from pacsstore.net.access import PeerTable
 from pacsstore.net.commitment import (COMMITMENT_SOP_CLASS,
                                       CommittingArchive, commitment_handlers)
-from pacsstore.net.contexts import (query_retrieve_sop_classes,
+from pacsstore.net.contexts import (CheaplyCopiedContexts,
+                                    query_retrieve_sop_classes,
                                     query_retrieve_transfer_syntaxes,
                                     register_storage_classes,
                                     storable_transfer_syntaxes,
@@ -124,6 +125,11 @@ class Node:
             self._server = ae.start_server(
                 (self.host, self.requested_port), block=False,
                 evt_handlers=self._handlers())
+            # Each association copies these; see CheaplyCopiedContexts.
+            # One accepted in the moment before this line copies the
+            # plain list, which is only slower.
+            self._server.contexts = CheaplyCopiedContexts(
+                self._server.contexts)
         logger.info("node %s listening on %s:%d", self.ae_title,
                     self.host, self.port)
 
