@@ -58,17 +58,19 @@ build_copy() {
     }
 }
 
-# check_module DEST [VAR=VALUE...]: import pacsstore._parse from the copy
-# (with the given environment, e.g. LD_PRELOAD) and make sure it is the
-# copy's build, not the checkout's.
+# check_module DEST [VAR=VALUE...]: import the native modules from the
+# copy (with the given environment, e.g. LD_PRELOAD) and make sure they
+# are the copy's build, not the checkout's.
 check_module() {
     local dest="$1"; shift
     env "$@" PYTHONPATH="$dest/src" "$VENV_PYTHON" - "$dest" <<'PY'
+import importlib
 import sys
-import pacsstore._parse as native
-if not native.__file__.startswith(sys.argv[1]):
-    sys.exit(f"pacsstore._parse comes from {native.__file__}, not the "
-             f"instrumented copy in {sys.argv[1]}")
-print(native.__file__)
+for name in ("pacsstore._parse", "pacsstore._filters", "pacsstore._assemble"):
+    native = importlib.import_module(name)
+    if not native.__file__.startswith(sys.argv[1]):
+        sys.exit(f"{name} comes from {native.__file__}, not the "
+                 f"instrumented copy in {sys.argv[1]}")
+    print(native.__file__)
 PY
 }

@@ -32,7 +32,8 @@ TESTS=(tests/test_parse.py tests/test_parse_corpus.py
        tests/test_parse_mutations.py tests/test_regressions.py
        tests/test_corpus_roundtrip.py tests/test_archive_api.py
        tests/test_store_blocks.py tests/test_store_buffers.py
-       tests/test_store_damaged_header.py)
+       tests/test_store_damaged_header.py tests/test_filters.py
+       tests/test_read_assembly.py tests/test_get_many.py)
 
 start=$(date +%s)
 build_copy "$COPY" CC=gcc PACSSTORE_SANITIZE=1

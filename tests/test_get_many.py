@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -353,7 +354,8 @@ def test_readonly_archive_in_another_process_while_writing(tmp_path):
         reader = subprocess.Popen(
             [sys.executable, "-c", READER, str(tmp_path / "s"), *stored],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={"PYTHONPATH": str(SRC)})
+            # Inherited, so that the sanitizer run's preload reaches it.
+            env={**os.environ, "PYTHONPATH": str(SRC)})
         writer.store_many([e.path for e in entries[80:]], skip_invalid=True)
         out, err = reader.communicate(timeout=120)
     assert reader.returncode == 0, err

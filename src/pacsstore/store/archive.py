@@ -321,6 +321,8 @@ class Archive:
         self._closed = True
         if self._committer is not None:
             self._committer.close()
+        if getattr(self, "_preparer", None) is not None:
+            self._preparer.close()
         if getattr(self, "_index", None) is not None:
             self._segments.close()
             self._index.close()
@@ -347,12 +349,15 @@ class Archive:
                 f"readonly=True to store")
         return self._committer
 
-    def _prepare(self, data: StoreInput) -> Prepared:
+    def _prepare(self, data: StoreInput, *, alone: bool = False) -> Prepared:
+        """``alone``: the caller waits on this one instance, so its
+        whole-file digest is taken on another core (Preparer.prepare)."""
         if isinstance(data, (str, os.PathLike)):
-            return self._prepare_file(data)
-        return self._preparer.prepare(_as_bytes(data))
+            return self._prepare_file(data, alone=alone)
+        return self._preparer.prepare(_as_bytes(data), digest_aside=alone)
 
-    def _prepare_file(self, path: str | os.PathLike) -> Prepared:
+    def _prepare_file(self, path: str | os.PathLike, *,
+                      alone: bool = False) -> Prepared:
         """A file: read whole when small, streamed when large (its frames
         read and written a chunk at a time, into segments of its own)."""
         name = os.fspath(path)
@@ -368,7 +373,8 @@ class Archive:
                     stat.st_size >= self._stream_threshold:
                 plan = self._preparer.plan_stream(fd, name)
             if plan is None:
-                return self._preparer.prepare(_read_file(fd, name))
+                return self._preparer.prepare(_read_file(fd, name),
+                                              digest_aside=alone)
             committer = self._writer()
             stream = committer.open_stream()
             try:
@@ -382,7 +388,7 @@ class Archive:
     def store(self, data: StoreInput) -> StoreResult:
         """Store one instance; returns once it is durable."""
         committer = self._writer()
-        return committer.submit(self._prepare(data)).result()
+        return committer.submit(self._prepare(data, alone=True)).result()
 
     def store_received(self, dataset: bytes | memoryview,
                        transfer_syntax: str, *, sop_class_uid: str,
@@ -399,9 +405,10 @@ class Archive:
         # A dataset off the wire arrived whole, so one that ends inside
         # an element was sent broken: refuse it (a file cut short on
         # disk, by contrast, is kept as it is; see parsing.py).
-        prepared = self._preparer.prepare(meta + bytes(dataset),
+        prepared = self._preparer.prepare(b"".join((meta, dataset)),
                                           source_ae=source_ae,
-                                          refuse_truncated=True)
+                                          refuse_truncated=True,
+                                          digest_aside=True)
         _check_identity(prepared, sop_class_uid, sop_instance_uid)
         return committer.submit(prepared).result()
 
