@@ -16,6 +16,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 
 from pacsstore import (
+    AlreadyOpenError,
     Archive,
     CorruptStoreError,
     MalformedDicomError,
@@ -181,6 +182,29 @@ def test_second_writer_gets_store_locked_error(tmp_path):
             Archive(tmp_path / "s")
     with Archive(tmp_path / "s"):
         pass  # the lock went with close()
+
+
+def test_a_second_archive_in_the_same_process_is_a_clear_error(tmp_path):
+    # LMDB opens an environment once per process: a reader opened beside
+    # a writer (as the second writer's message used to advise) raised
+    # lmdb.Error, and so did a writer beside a reader, and two readers.
+    store = tmp_path / "s"
+    data = corpus_bytes(CT_SMALL)
+    with Archive(store) as writer:
+        uid = writer.store(data).sop_instance_uid
+        with pytest.raises(AlreadyOpenError,
+                           match=f"{store} is already open in this process"):
+            Archive(store, readonly=True)
+        assert writer.get(uid) == data
+    with Archive(store, readonly=True) as reader:
+        with pytest.raises(AlreadyOpenError, match="use that Archive"):
+            Archive(store)
+        with pytest.raises(AlreadyOpenError):
+            Archive(store, readonly=True)
+        assert reader.get(uid) == data
+    # Nothing was left held: the writer lock and the environment are free.
+    with Archive(store) as writer:
+        assert writer.get(uid) == data
 
 
 READER = textwrap.dedent("""

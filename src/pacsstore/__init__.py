@@ -19,6 +19,7 @@ from pacsstore.errors import (
     PacsstoreError,
     ReadOnlyStoreError,
     StoreLockedError,
+    AlreadyOpenError,
 )
 
 from pacsstore.store import (
@@ -58,6 +59,7 @@ __all__ = [
     "RebuildReport",
     "StoreConfigError",
     "StoreLockedError",
+    "AlreadyOpenError",
     "StoreResult",
     "VerifyReport",
     "__version__",

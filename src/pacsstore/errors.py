@@ -114,6 +114,12 @@ class StoreLockedError(PacsstoreError):
     """Another process has the store open for writing."""
 
 
+class AlreadyOpenError(PacsstoreError):
+    """The store is already open in this process, by another Archive: an
+    LMDB environment opens once per process. Share that Archive (it is
+    thread-safe, and reads as well as it writes) or close it first."""
+
+
 class ReadOnlyStoreError(PacsstoreError, PermissionError):
     """The store cannot be written here (read-only media, or no write
     permission); it still opens with ``readonly=True``."""

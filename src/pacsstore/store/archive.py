@@ -287,8 +287,9 @@ class Archive:
         except BlockingIOError:
             os.close(fd)
             raise StoreLockedError(
-                f"{self.path} is open for writing by another process (or "
-                f"another Archive); open it with readonly=True to read")
+                f"{self.path} is open for writing by another Archive, in "
+                f"this process or another; read it through that Archive, "
+                f"or from another process with readonly=True")
         self._lock_fd = fd
 
     def _release_lock(self) -> None:

@@ -57,6 +57,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from pacsstore.errors import (
+    AlreadyOpenError,
     ArchiveClosedError,
     CorruptStoreError,
     NewerFormatError,
@@ -231,6 +232,25 @@ class _Buffered:
         self.dirty_counters: set[str] = set()
 
 
+def _open_environment(path: Path, *, readonly: bool,
+                      map_size: int) -> lmdb.Environment:
+    try:
+        return lmdb.open(
+            str(path), subdir=True, readonly=readonly,
+            map_size=map_size, max_dbs=len(DATABASES) + 1,
+            max_readers=256, sync=True, metasync=True, lock=True,
+            create=not readonly)
+    except lmdb.Error as exc:
+        # py-lmdb's own check (one environment per path per process),
+        # which only its message tells apart from other lmdb.Errors.
+        if "already open in this process" not in str(exc):
+            raise
+        raise AlreadyOpenError(
+            f"the store at {path.parent} is already open in this process "
+            f"by another Archive; use that Archive (it is thread-safe, "
+            f"and reads too) or close it first") from None
+
+
 class Index:
     """The LMDB environment of one store and its named databases."""
 
@@ -244,11 +264,8 @@ class Index:
         # The _Buffered of the write transaction a thread is inside.
         self._local = threading.local()
         self._decoded = _DecodedRecords()
-        self.env = lmdb.open(
-            str(path), subdir=True, readonly=readonly,
-            map_size=map_size, max_dbs=len(DATABASES) + 1,
-            max_readers=256, sync=True, metasync=True, lock=True,
-            create=not readonly)
+        self.env = _open_environment(path, readonly=readonly,
+                                     map_size=map_size)
         if not readonly:
             self._clear_stale_readers()
         try:
