@@ -3,10 +3,13 @@ is met, and that the results page keeps its hand-written parts."""
 
 from __future__ import annotations
 
+import shutil
+
 from benchmarks import report
 from benchmarks.machine import Machine
 from benchmarks.measure import Sample, Stopwatch, measure
 from benchmarks.rows import Comparison, Row, Target, duration, rate, size
+from benchmarks.suite import cfind
 
 MACHINE = Machine("a CPU", 2, 8.0, "a disk", "6.0")
 
@@ -81,3 +84,23 @@ def test_report_replaces_only_the_generated_part(tmp_path):
            "**missed** |" in text
     assert "Targets met: 0; missed: 1." in text
     assert "Not run: cfind (absent)." in text
+
+
+def test_the_population_key_follows_what_the_engine_writes(tmp_path,
+                                                           monkeypatch):
+    package = tmp_path / "src" / "pacsstore"
+    shutil.copytree(cfind.PROJECT / "src" / "pacsstore" / "store",
+                    package / "store",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("parsing.py", "filemeta.py"):
+        shutil.copy(cfind.PROJECT / "src" / "pacsstore" / name, package)
+    monkeypatch.setattr(cfind, "PROJECT", tmp_path)
+    before = cfind._sources_digest()
+    # A module that only reads: the stored population is still valid.
+    with open(package / "store" / "reader.py", "a") as reader:
+        reader.write("\n# changed\n")
+    assert cfind._sources_digest() == before
+    # A module of the write path: the population is built again.
+    with open(package / "store" / "prepare.py", "a") as prepare:
+        prepare.write("\n# changed\n")
+    assert cfind._sources_digest() != before

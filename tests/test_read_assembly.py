@@ -4,6 +4,7 @@ that starts a study's disk reads ahead of its decoding."""
 
 from __future__ import annotations
 
+import io
 import os
 
 import pydicom
@@ -18,6 +19,7 @@ from pacsstore.store import blocks
 from pacsstore.store.blocks import HEADER_SIZE, Codec
 from pacsstore.store.reader import InstanceReader
 from pacsstore.store.segments import SegmentReader
+from pacsstore.synthetic import write_ct_series
 from test_store_support import (CT_SMALL, CT_TS, MR_SMALL, corpus_bytes,
                                 corpus_path)
 
@@ -85,7 +87,6 @@ def test_filtered_samples_of_the_wrong_length_are_refused():
 # Reads through it --------------------------------------------------------------
 
 def _uid(data: bytes) -> str:
-    import io
     return str(pydicom.dcmread(io.BytesIO(data),
                                stop_before_pixels=True).SOPInstanceUID)
 
@@ -168,9 +169,8 @@ def test_a_given_assembly_must_be_empty_and_of_the_record_size(tmp_path):
 # Reading a study ahead from disk ----------------------------------------------
 
 def _ct_series(tmp_path, count: int) -> list[bytes]:
-    from pacsstore import synthetic
     folder = tmp_path / "ct"
-    synthetic.write_ct_series(folder, count, seed=3, rows=64, columns=64)
+    write_ct_series(folder, count, seed=3, rows=64, columns=64)
     return [p.read_bytes() for p in sorted(folder.rglob("*.dcm"))]
 
 

@@ -42,6 +42,10 @@ from pacsstore._assemble import FileAssembly
 from pacsstore.store import filters
 from pacsstore.store.scratch import ThreadScratch
 
+# What a block's bytes may come as: a payload read into a reused buffer
+# is a memoryview of it.
+Buffer = bytes | bytearray | memoryview
+
 BLOCK_MAGIC = b"PSBK"
 # Version 2 added the PLANES16_ZSTD codec. A block carries the lowest
 # version that can read it (see _VERSION_OF), so a version 1 reader still
