@@ -77,13 +77,7 @@ cdef class FileAssembly:
         """Write the ``raw_length`` bytes whose planes16 planes
         ``filtered`` holds (see ``pacsstore._filters.unplanes16``) next;
         a read-only view of them."""
-        if raw_length < 0:
-            raise ValueError(f"a length cannot be negative: {raw_length}")
-        cdef Py_ssize_t length = _filtered_length(raw_length)
-        if filtered.shape[0] != length:
-            raise ValueError(
-                f"planes16 data for {raw_length} bytes must be {length} "
-                f"bytes long, not {filtered.shape[0]}")
+        _check_planes(filtered.shape[0], raw_length)
         cdef uint8_t* target = self._claim(raw_length)
         if raw_length:
             with nogil:

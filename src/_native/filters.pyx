@@ -53,13 +53,7 @@ def planes16(const uint8_t[::1] content):
 def unplanes16(const uint8_t[::1] filtered, Py_ssize_t raw_length):
     """The exact inverse of :func:`planes16` for ``raw_length`` bytes;
     ValueError when ``filtered`` is not of the length that makes."""
-    if raw_length < 0:
-        raise ValueError(f"a length cannot be negative: {raw_length}")
-    cdef Py_ssize_t size = _filtered_length(raw_length)
-    if filtered.shape[0] != size:
-        raise ValueError(
-            f"planes16 data for {raw_length} bytes must be {size} bytes "
-            f"long, not {filtered.shape[0]}")
+    _check_planes(filtered.shape[0], raw_length)
     out = PyBytes_FromStringAndSize(NULL, raw_length)
     if raw_length == 0:
         return out

@@ -11,6 +11,20 @@ cdef inline Py_ssize_t _filtered_length(Py_ssize_t raw_length) noexcept nogil:
     return raw_length + (raw_length // 2) % 2
 
 
+cdef inline int _check_planes(Py_ssize_t filtered_length,
+                              Py_ssize_t raw_length) except -1:
+    """ValueError unless ``filtered_length`` bytes of planes make
+    ``raw_length`` bytes of samples."""
+    if raw_length < 0:
+        raise ValueError(f"a length cannot be negative: {raw_length}")
+    cdef Py_ssize_t size = _filtered_length(raw_length)
+    if filtered_length != size:
+        raise ValueError(
+            f"planes16 data for {raw_length} bytes must be {size} bytes "
+            f"long, not {filtered_length}")
+    return 0
+
+
 cdef inline void _unplanes16_into(const uint8_t* filtered,
                                   Py_ssize_t raw_length,
                                   uint8_t* raw) noexcept nogil:
