@@ -158,8 +158,9 @@ def splice(header: bytes, cuts: Sequence[Cut],
     head = memoryview(header)
     for piece in plan(cuts):
         if isinstance(piece, slice):
-            if len(head[piece]):
-                yield head[piece]
+            run = head[piece]
+            if run:
+                yield run
         else:
             content = memoryview(block(piece.block))
             yield content[piece.block_offset:
