@@ -19,8 +19,7 @@ from test_store_support import CT_SMALL, corpus_bytes
 
 
 def _record_sha256(archive: Archive, uid: str) -> str:
-    with archive._index.read() as txn:
-        return archive._index.record(txn, "instance", uid)["sha256"]
+    return archive.record(uid)["sha256"]
 
 
 def _digest_threads() -> list[threading.Thread]:

@@ -26,6 +26,7 @@ from test_store_support import (
     MR_SMALL,
     corpus_bytes,
     corpus_path,
+    frame_codecs,
 )
 
 COMPRESSOR = zstandard.ZstdCompressor(level=3, write_content_size=True)
@@ -201,13 +202,6 @@ def _with_payload(header: bytes, payload: bytes) -> bytes:
     return head + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
 
 
-def _codecs(archive: Archive, uid: str) -> list[Codec]:
-    record = archive.record(uid)
-    with archive._index.read() as txn:
-        return [Codec(archive._index.block(txn, bytes.fromhex(n)).codec)
-                for n in record["blocks"]]
-
-
 def _block_versions(store) -> set[int]:
     """The version byte of every block in the store's first segment."""
     data = segment_path(store / "segments", 1).read_bytes()
@@ -237,14 +231,14 @@ def test_corpus_frames_come_back_byte_exact_through_a_store(tmp_path):
         for name, data in files.items():
             assert archive.get(uids[name]) == data, name
         for name in NATIVE_16:
-            assert set(_codecs(archive, uids[name])) == \
+            assert set(frame_codecs(archive, uids[name])) == \
                 {Codec.PLANES16_ZSTD}, name
         # Big-endian samples, 8-bit samples and JPEG fragments keep the
         # codecs they had.
-        assert Codec.PLANES16_ZSTD not in _codecs(archive,
+        assert Codec.PLANES16_ZSTD not in frame_codecs(archive,
                                                   uids[BIG_ENDIAN_16])
-        assert _codecs(archive, uids[RGB_8_BITS]) == [Codec.ZSTD]
-        assert Codec.PLANES16_ZSTD not in _codecs(archive,
+        assert frame_codecs(archive, uids[RGB_8_BITS]) == [Codec.ZSTD]
+        assert Codec.PLANES16_ZSTD not in frame_codecs(archive,
                                                   uids[JPEG_FRAGMENTED])
         frame = archive.frame(uids[EMRI_10_FRAMES], 3)
         assert frame == _native_frame(corpus_path(EMRI_10_FRAMES), 3)
@@ -268,12 +262,12 @@ def test_a_store_written_without_filters_still_reads(tmp_path, monkeypatch):
         patch.setattr(prepare, "_sample_bytes", lambda record: 1)
         with Archive(store) as archive:
             old_uid = archive.store(old).sop_instance_uid
-            assert _codecs(archive, old_uid) == [Codec.ZSTD]
+            assert frame_codecs(archive, old_uid) == [Codec.ZSTD]
     assert _block_versions(store) == {1}
     with Archive(store) as archive:
         assert archive.get(old_uid) == old
         new_uid = archive.store(new).sop_instance_uid
-        assert _codecs(archive, new_uid) == [Codec.PLANES16_ZSTD]
+        assert frame_codecs(archive, new_uid) == [Codec.PLANES16_ZSTD]
         assert archive.get(new_uid) == new
         assert archive.verify().ok
 

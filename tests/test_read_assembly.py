@@ -21,6 +21,7 @@ from pacsstore.store.reader import InstanceReader
 from pacsstore.store.segments import SegmentReader
 from pacsstore.synthetic import write_ct_series
 from test_store_support import (CT_SMALL, CT_TS, MR_SMALL, corpus_bytes,
+                                frame_codecs,
                                 corpus_path)
 
 HTJ2K_CT = "DICOMHTJ2K/htj2k/CT1_JPH"
@@ -91,13 +92,6 @@ def _uid(data: bytes) -> str:
                                stop_before_pixels=True).SOPInstanceUID)
 
 
-def _codecs(archive: Archive, uid: str) -> list[Codec]:
-    with archive._index.read() as txn:
-        record = archive._index.instance_to_read(txn, uid)
-        return [Codec(archive._index.block(txn, bytes.fromhex(n)).codec)
-                for n in record["blocks"]]
-
-
 def test_a_filtered_frame_decoded_wrongly_is_caught_in_place(
         tmp_path, monkeypatch):
     # The SHA-256 is taken over the bytes where they were written: filtered
@@ -106,7 +100,7 @@ def test_a_filtered_frame_decoded_wrongly_is_caught_in_place(
     data = corpus_bytes(CT_SMALL)
     with Archive(tmp_path / "store") as archive:
         uid = archive.store(data).sop_instance_uid
-        assert _codecs(archive, uid) == [Codec.PLANES16_ZSTD]
+        assert frame_codecs(archive, uid) == [Codec.PLANES16_ZSTD]
         assert archive.get(uid) == data
         unzstd = blocks._unzstd_planes
 
@@ -133,8 +127,8 @@ def test_raw_blocks_do_not_share_the_read_buffer(tmp_path):
     with Archive(tmp_path / "store") as archive:
         uids = [archive.store(first).sop_instance_uid,
                 archive.store(second).sop_instance_uid]
-        assert _codecs(archive, uids[0]) == [Codec.RAW]
-        assert _codecs(archive, uids[1]) == [Codec.RAW]
+        assert frame_codecs(archive, uids[0]) == [Codec.RAW]
+        assert frame_codecs(archive, uids[1]) == [Codec.RAW]
         frame = archive.frame(uids[0], 0)
         expected = bytes(frame)
         assert archive.frame(uids[1], 0) != expected

@@ -35,3 +35,12 @@ def corpus_path(relpath: str) -> Path:
 
 def corpus_bytes(relpath: str) -> bytes:
     return corpus_path(relpath).read_bytes()
+
+
+def frame_codecs(archive, uid: str) -> list:
+    """The codec each frame block of instance ``uid`` was stored with."""
+    from pacsstore.store.blocks import Codec
+    record = archive.record(uid)
+    with archive._index.read() as txn:
+        return [Codec(archive._index.block(txn, bytes.fromhex(n)).codec)
+                for n in record["blocks"]]
