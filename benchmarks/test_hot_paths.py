@@ -81,18 +81,22 @@ def test_digest_frame(benchmark, frame):
 
 
 # How a 16-bit native frame is kept: plain zstd (the store's codec before
-# the pre-filter, and still that of 8-bit frames) and the planes16
-# pre-filter in front of zstd (what the store now chooses for it).
-CODECS = {"zstd": (1, blocks.Codec.ZSTD),
-          "planes16": (2, blocks.Codec.PLANES16_ZSTD)}
+# the pre-filter, and still that of 8-bit frames), the planes16
+# pre-filter in front of zstd at level 3, and the same with the planes
+# compressor (what the store now chooses for it).
+CODECS = {"zstd": (1, blocks.Codec.ZSTD, False),
+          "planes16-level3": (2, blocks.Codec.PLANES16_ZSTD, False),
+          "planes16": (2, blocks.Codec.PLANES16_ZSTD, True)}
 
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_compress_frame(benchmark, frame, codec):
-    sample_bytes, expected = CODECS[codec]
+    sample_bytes, expected, tuned = CODECS[codec]
     compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
+    planes = blocks.planes16_compressor(3) if tuned else None
     block = benchmark(blocks.encode, blocks.Kind.FRAME, frame,
-                      compressor=compressor, sample_bytes=sample_bytes)
+                      compressor=compressor, sample_bytes=sample_bytes,
+                      planes_compressor=planes)
     assert block.codec is expected
     assert len(block.payload) < len(frame)
     header = blocks.parse_header(block.header, "memory")
@@ -102,10 +106,11 @@ def test_compress_frame(benchmark, frame, codec):
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_decode_frame(benchmark, frame, codec):
-    sample_bytes, expected = CODECS[codec]
+    sample_bytes, expected, tuned = CODECS[codec]
     compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
+    planes = blocks.planes16_compressor(3) if tuned else None
     block = blocks.encode(blocks.Kind.FRAME, frame, compressor=compressor,
-                          sample_bytes=sample_bytes)
+                          sample_bytes=sample_bytes, planes_compressor=planes)
     header = blocks.parse_header(block.header, "memory")
     assert header.codec is expected
     content = benchmark(blocks.decode, header, block.header, block.payload,

@@ -4,18 +4,22 @@ file's, whichever thread took it, and the thread ends with the Archive."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import threading
 
 import pydicom
+import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+from pydicom.uid import generate_uid
 
-from pacsstore import Archive
-from pacsstore.store import prepare
+from pacsstore import Archive, parsing
+from pacsstore.errors import PacsstoreError
+from pacsstore.store import layout, prepare
 from pacsstore.synthetic import write_ct_series
-from test_store_support import CT_SMALL, corpus_bytes
+from test_store_support import CT_SMALL, corpus_bytes, corpus_path
 
 
 def _record_sha256(archive: Archive, uid: str) -> str:
@@ -76,12 +80,118 @@ def test_small_files_and_store_many_digest_in_place(tmp_path):
                 hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_digest_asked_after_close_is_taken_in_place(tmp_path):
-    data = bytes(range(256)) * 2048
+def test_no_digest_is_taken_aside_after_close(tmp_path):
+    data = write_ct_series(tmp_path / "ct", 1, seed=8)[0].read_bytes()
     archive = Archive(tmp_path / "store")
     preparer = archive._preparer
     archive.close()
-    future = preparer._digest_aside(memoryview(data))
-    assert future.done()
-    assert future.result() == hashlib.sha256(data).hexdigest()
+    assert preparer._names_aside(memoryview(data), _split(data)) is None
     assert not _digest_threads()
+
+
+def _same_prepared(a: prepare.Prepared, b: prepare.Prepared) -> None:
+    assert a.record == b.record
+    assert a.digests == b.digests
+    assert a.kinds == b.kinds and a.raw_lengths == b.raw_lengths
+    assert {n: (e.header, e.payload) for n, e in a.encoded.items()} == \
+        {n: (e.header, e.payload) for n, e in b.encoded.items()}
+
+
+def test_coding_before_the_digests_prepares_what_digesting_first_does(
+        tmp_path):
+    """The caller compresses every block while the digests are taken
+    aside; the instance it hands the committer is the one the in-place
+    order (digest, look up, compress what is missing) gives, byte for
+    byte, for a single-frame slice, a multi-frame object with a repeated
+    frame, and a large file without frames."""
+    slice_ = write_ct_series(tmp_path / "ct", 1, seed=9)[0].read_bytes()
+    ds = pydicom.dcmread(io.BytesIO(slice_))
+    frame = ds.PixelData
+    ds.NumberOfFrames = 3
+    ds.PixelData = frame + frame[::-1] + frame
+    multi = DicomBytesIO()
+    ds.save_as(multi, enforce_file_format=True)
+    ds.SOPInstanceUID = generate_uid()
+    del ds.PixelData
+    ds.add_new(0x00091010, "OB", bytes(range(256)) * 1200)
+    no_frames = DicomBytesIO()
+    ds.save_as(no_frames, enforce_file_format=True)
+    with Archive(tmp_path / "store") as archive:
+        preparer = archive._preparer
+        for data in (slice_, multi.getvalue(), no_frames.getvalue()):
+            assert len(data) >= prepare.DIGEST_ASIDE_BYTES
+            aside = preparer.prepare(data, digest_aside=True)
+            in_place = preparer.prepare(data)
+            _same_prepared(aside, in_place)
+            assert aside.record["sha256"] == hashlib.sha256(data).hexdigest()
+        assert len(preparer.prepare(multi.getvalue(),
+                                    digest_aside=True).encoded) == 3
+
+
+def test_blocks_the_index_holds_are_not_handed_over_again(tmp_path):
+    path = write_ct_series(tmp_path / "ct", 1, seed=10)[0]
+    data = path.read_bytes()
+    with Archive(tmp_path / "store") as archive:
+        archive.store(path)
+        again = archive._preparer.prepare(data, digest_aside=True)
+        assert again.encoded == {}
+        assert again.record["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_busy_digest_thread_is_not_queued_behind(tmp_path):
+    """With the digest thread taken by another instance, a prepare takes
+    its digests in place rather than waiting its turn; both come out
+    right."""
+    paths = write_ct_series(tmp_path / "ct", 2, seed=11)
+    first, second = (p.read_bytes() for p in paths)
+    with Archive(tmp_path / "store") as archive:
+        preparer = archive._preparer
+        warm = preparer._names_aside(memoryview(first), _split(first))
+        warm.result()
+        # Hold the digest thread on an event, and queue the first
+        # instance's digests behind it: the thread is busy until released.
+        release = threading.Event()
+        preparer._aside.submit(release.wait)
+        blocker = preparer._names_aside(memoryview(first), _split(first))
+        assert blocker is not None
+        try:
+            assert preparer._names_aside(memoryview(second),
+                                         _split(second)) is None
+            prepared = preparer.prepare(second, digest_aside=True)
+            assert prepared.record["sha256"] == \
+                hashlib.sha256(second).hexdigest()
+        finally:
+            release.set()
+        assert blocker.result().sha256 == hashlib.sha256(first).hexdigest()
+
+
+def _split(data: bytes) -> layout.Split:
+    result = parsing.read_header(memoryview(data)).result
+    return layout.split(memoryview(data), result.pixel, False)
+
+
+def _corpus_over_aside_size() -> list[tuple[str, str]]:
+    """(path, transfer syntax) of the first corpus file at or above
+    DIGEST_ASIDE_BYTES for each transfer syntax and modality."""
+    manifest = corpus_path("MANIFEST.tsv")
+    seen: dict[tuple[str, str], str] = {}
+    with manifest.open() as rows:
+        for row in csv.DictReader(rows, delimiter="\t"):
+            key = (row["transfer_syntax_uid"], row["modality"])
+            if int(row["size_bytes"]) >= prepare.DIGEST_ASIDE_BYTES:
+                seen.setdefault(key, row["path"])
+    return sorted((path, key[0]) for key, path in seen.items())
+
+
+@pytest.mark.parametrize("relpath, syntax", _corpus_over_aside_size())
+def test_corpus_files_prepare_alike_either_way(tmp_path, relpath, syntax):
+    data = corpus_bytes(relpath)
+    with Archive(tmp_path / "store") as archive:
+        preparer = archive._preparer
+        try:
+            in_place = preparer.prepare(data)
+        except PacsstoreError as exc:
+            with pytest.raises(type(exc)):
+                preparer.prepare(data, digest_aside=True)
+            return
+        _same_prepared(preparer.prepare(data, digest_aside=True), in_place)

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pacsstore import Archive, CorruptStoreError, NewerFormatError, \
-    rebuild_index
+    rebuild_index, synthetic
 from pacsstore.store import blocks, filters, prepare
 from pacsstore.store.blocks import Codec, Kind
 from pacsstore.store.segments import segment_path
@@ -117,6 +117,42 @@ def test_corpus_frame_is_smaller_with_the_filter():
     assert len(filtered.payload) < len(plain.payload)
     assert filtered.digest == plain.digest == blocks.digest(pixels)
     assert _roundtrip(pixels) == pixels
+
+
+@pytest.mark.parametrize("level", [1, 2, 3, 4, 5, 9])
+def test_the_planes_compressor_of_every_level_reads_back(level):
+    """Its output is an ordinary zstd frame with the content size: the
+    block reads back through the one decoder, whatever the level."""
+    planes = blocks.planes16_compressor(level)
+    for relpath in NATIVE_16:
+        data = corpus_bytes(relpath)
+        pixels = data[-(len(data) // 4) * 2:]
+        block = blocks.encode(Kind.FRAME, pixels, compressor=COMPRESSOR,
+                              sample_bytes=2, planes_compressor=planes)
+        assert block.codec is Codec.PLANES16_ZSTD
+        header = blocks.parse_header(block.header, "test")
+        assert blocks.decode(header, block.header, block.payload,
+                             "test") == pixels
+
+
+@pytest.mark.parametrize("level", [1, 3, 6])
+def test_an_archive_compresses_planes_with_the_planes_compressor(
+        tmp_path, level):
+    path = synthetic.write_ct_series(tmp_path / "ct", 1, seed=21)[0]
+    pixels = path.read_bytes()[-512 * 512 * 2:]
+    expected = blocks.planes16_compressor(level).compress(
+        filters.planes16(pixels))
+    with Archive(tmp_path / "store", compression_level=level) as archive:
+        uid = archive.store(path).sop_instance_uid
+        [name] = archive.record(uid)["blocks"]
+        with archive._index.read() as txn:
+            entry = archive._index.block(txn, bytes.fromhex(name))
+    with segment_path(tmp_path / "store" / "segments",
+                      entry.segment).open("rb") as segment:
+        segment.seek(entry.offset + blocks.HEADER_SIZE)
+        payload = segment.read(entry.stored_length)
+    assert entry.codec == Codec.PLANES16_ZSTD
+    assert payload == expected
 
 
 @pytest.mark.parametrize("content", [b"", b"\x01", b"\x01\x02\x03"])

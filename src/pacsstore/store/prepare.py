@@ -107,18 +107,34 @@ class Prepared:
 
 
 # A caller that waits on one instance (Archive.store, a C-STORE on one
-# association) leaves the second core idle while it prepares: from this
-# size on, the whole file's SHA-256 is taken on another thread meanwhile,
-# hidden behind the frame digests and zstd (0.3 ms of a CT slice). Below
-# it the hand-off costs more than the hash. store_many keeps every core
-# busy on its own and digests in place.
+# association) would leave the second core idle while it prepares. From
+# this size on, the digests (every block's, and the whole file's) are
+# taken on another thread while the caller compresses every block, which
+# takes a CT slice from two SHA-256 passes plus zstd to the longer of
+# the two. Below it the hand-off costs more than it hides. store_many
+# keeps every core busy on its own and digests in place, before it
+# compresses only what the index lacks.
 DIGEST_ASIDE_BYTES = 256 << 10
 # The record's digest while it is being taken aside.
 _PENDING = "pending"
 
 
-def _sha256_hex(buffer: memoryview) -> str:
-    return hashlib.sha256(buffer).hexdigest()
+@dataclass(frozen=True)
+class _Names:
+    """What the digest thread returns: the whole file's SHA-256 and the
+    digest of each block (header block first)."""
+
+    sha256: str
+    blocks: list[bytes]
+
+
+def _names_of(buffer: memoryview, parts: layout.Split) -> _Names:
+    digests = [blocks.digest(c) for c in (parts.header, *parts.blocks)]
+    # Without cuts the header block is the whole file, so its digest is
+    # the file's SHA-256 as well: one pass over the bytes fewer.
+    whole = (hashlib.sha256(buffer).hexdigest() if parts.cuts
+             else digests[0].hex())
+    return _Names(whole, digests)
 
 
 class Preparer:
@@ -131,29 +147,43 @@ class Preparer:
         self._local = threading.local()
         self._aside: ThreadPoolExecutor | None = None
         self._aside_lock = threading.Lock()
+        self._aside_busy = False
         self._closed = False
 
     def close(self) -> None:
-        """Stop the thread that takes whole-file digests aside; a prepare
-        still running afterwards takes its digest in place."""
+        """Stop the thread that takes digests aside; a prepare still
+        running afterwards takes its digests in place."""
         with self._aside_lock:
             self._closed = True
             pool, self._aside = self._aside, None
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def _digest_aside(self, buffer: memoryview) -> Future[str]:
-        """The file's SHA-256, taken on a thread of this preparer's own
-        while the caller digests and compresses the frames."""
+    def _names_aside(self, buffer: memoryview,
+                     parts: layout.Split) -> Future[_Names] | None:
+        """The digests of ``parts`` and ``buffer``, taken on a thread of
+        this preparer's own; None when that thread is already busy with
+        another instance (several associations at once keep the cores
+        busy without it, and queueing behind one another would only add
+        to each one's wait) or the preparer is closed."""
         with self._aside_lock:
-            if not self._closed:
-                if self._aside is None:
-                    self._aside = ThreadPoolExecutor(
-                        1, thread_name_prefix="pacsstore-digest")
-                return self._aside.submit(_sha256_hex, buffer)
-        done: Future[str] = Future()
-        done.set_result(_sha256_hex(buffer))
-        return done
+            if self._closed or self._aside_busy:
+                return None
+            if self._aside is None:
+                self._aside = ThreadPoolExecutor(
+                    1, thread_name_prefix="pacsstore-digest")
+            self._aside_busy = True
+            return self._aside.submit(self._names_then_free, buffer, parts)
+
+    def _names_then_free(self, buffer: memoryview,
+                         parts: layout.Split) -> _Names:
+        # Free before the result is set, so that the caller, once it has
+        # the result, finds the thread free for its next instance.
+        try:
+            return _names_of(buffer, parts)
+        finally:
+            with self._aside_lock:
+                self._aside_busy = False
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         compressor = getattr(self._local, "compressor", None)
@@ -161,6 +191,13 @@ class Preparer:
             compressor = zstandard.ZstdCompressor(
                 level=self._level, write_content_size=True)
             self._local.compressor = compressor
+        return compressor
+
+    def _planes_compressor(self) -> zstandard.ZstdCompressor:
+        compressor = getattr(self._local, "planes_compressor", None)
+        if compressor is None:
+            compressor = blocks.planes16_compressor(self._level)
+            self._local.planes_compressor = compressor
         return compressor
 
     def prepare(self, buffer: bytes | memoryview, *,
@@ -180,40 +217,67 @@ class Preparer:
         uid = _require_uid(buffer, result, attributes)
         deflated = result.transfer_syntax == DEFLATED
         parts = layout.split(buffer, result.pixel, deflated)
-        # Without cuts the header block is the whole file, so the digest
-        # that names the block is the file's SHA-256 as well: one pass
-        # over the bytes fewer for an instance without frames.
-        header_digest = None if parts.cuts else blocks.digest(parts.header)
         aside = None
-        if header_digest is None and digest_aside and \
-                len(buffer) >= DIGEST_ASIDE_BYTES:
-            aside = self._digest_aside(buffer)
-        record = _record(buffer, result, attributes, parts, source_ae,
-                         sha256=header_digest.hex() if header_digest
-                         else _PENDING if aside else None)
-        prepared = _blocks_of(uid, record, parts, header_digest)
+        if digest_aside and len(buffer) >= DIGEST_ASIDE_BYTES:
+            aside = self._names_aside(buffer, parts)
+        if aside is not None:
+            record = _record(buffer, result, attributes, parts, source_ae,
+                             sha256=_PENDING)
+            coded = self._code_all(record, parts)
+            names = aside.result()
+            record["sha256"] = names.sha256
+            prepared = _blocks_of(uid, record, parts, names.blocks)
+        else:
+            names = None if parts.cuts else [blocks.digest(parts.header)]
+            record = _record(buffer, result, attributes, parts, source_ae,
+                             sha256=names[0].hex() if names else None)
+            prepared = _blocks_of(uid, record, parts, names)
+            coded = None
         record["content_sha256"] = _content_digest(
             parts, prepared.digests[1:], result.transfer_syntax,
             result.dataset_offset)
-        self._compress_missing(prepared, parts)
-        if aside is not None:
-            record["sha256"] = aside.result()
+        self._compress_missing(prepared, parts, coded)
         return prepared
 
-    def _compress_missing(self, prepared: Prepared,
-                          parts: layout.Split) -> None:
+    def _code_all(self, record: dict[str, Any],
+                  parts: layout.Split) -> list[blocks.Coded]:
+        """Every block of ``parts`` coded, before it is known which ones
+        the index has: compressing a block the index turns out to hold
+        costs CPU only, and only when an instance is sent again."""
+        compressor = self._compressor()
+        planes = self._planes_compressor()
+        sample_bytes = _sample_bytes(record)
+        contents = [parts.header, *parts.blocks]
+        kinds = _kinds_of(parts)
+        return [blocks.code(kind, content, compressor=compressor,
+                            sample_bytes=sample_bytes,
+                            planes_compressor=planes)
+                for kind, content in zip(kinds, contents)]
+
+    def _compress_missing(self, prepared: Prepared, parts: layout.Split,
+                          coded: list[blocks.Coded] | None = None) -> None:
+        """Put into ``prepared.encoded`` the blocks the index lacks:
+        sealed from ``coded`` when the caller coded them already, else
+        compressed now."""
         contents = [parts.header, *parts.blocks]
         with self._index.read() as txn:
             missing = [i for i, d in enumerate(prepared.digests)
                        if self._index.block(txn, d) is None]
         compressor = self._compressor()
+        planes = self._planes_compressor()
         sample_bytes = _sample_bytes(prepared.record)
         for i in missing:
-            name = prepared.digests[i]
-            if name not in prepared.encoded:
-                prepared.encoded[name] = blocks.encode(
-                    prepared.kinds[i], contents[i], compressor=compressor,
-                    name=name, sample_bytes=sample_bytes)
+            name, kind = prepared.digests[i], prepared.kinds[i]
+            if name in prepared.encoded:
+                continue
+            if coded is None:
+                block = blocks.encode(kind, contents[i],
+                                      compressor=compressor, name=name,
+                                      sample_bytes=sample_bytes,
+                                      planes_compressor=planes)
+            else:
+                block = blocks.seal(kind, name, len(contents[i]), coded[i])
+            prepared.encoded[name] = block
 
     def plan_stream(self, fd: int, name: str) -> StreamPlan | None:
         """Parse a large file through a read-only mapping, which brings
@@ -639,15 +703,20 @@ def _content_digest(parts: layout.Split, frame_digests: list[bytes],
     return identity.hexdigest()
 
 
-def _blocks_of(uid: str, record: dict[str, Any], parts: layout.Split,
-               header_digest: bytes | None = None) -> Prepared:
-    """The blocks of ``parts``, named; ``header_digest`` is the header
-    block's digest when the caller already took it."""
-    contents = [parts.header, *parts.blocks]
+def _kinds_of(parts: layout.Split) -> list[Kind]:
+    """The kind of each block of ``parts``, the header block first."""
     kind = Kind.PIXELS if parts.layout == layout.BITPACKED else Kind.FRAME
-    kinds = [Kind.HEADER] + [kind] * len(parts.blocks)
-    digests = [header_digest or blocks.digest(contents[0]),
-               *(blocks.digest(c) for c in contents[1:])]
+    return [Kind.HEADER] + [kind] * len(parts.blocks)
+
+
+def _blocks_of(uid: str, record: dict[str, Any], parts: layout.Split,
+               known: list[bytes] | None = None) -> Prepared:
+    """The blocks of ``parts``, named; ``known`` holds the first digests
+    (the header block's, or every block's) when the caller took them."""
+    contents = [parts.header, *parts.blocks]
+    known = known or []
+    digests = [*known, *(blocks.digest(c) for c in contents[len(known):])]
     record["header"] = digests[0].hex()
     record["blocks"] = [d.hex() for d in digests[1:]]
-    return Prepared(uid, record, digests, [len(c) for c in contents], kinds)
+    return Prepared(uid, record, digests, [len(c) for c in contents],
+                    _kinds_of(parts))
