@@ -11,7 +11,10 @@ at once and, for the whole batch:
 1. applies each instance in one LMDB write transaction: the re-send
    policy, a digest lookup per block (a known block only gains a
    reference; a new one is given its place at the end of the open
-   segment), the manifest block, the instance record and the hierarchy;
+   segment), the manifest block, the instance record and the hierarchy.
+   The manifest block and the record's encoding come made from the
+   preparing threads: this thread is the one every store waits on in
+   turn, so what can be done before it is;
 2. writes the new blocks and fdatasyncs the segments;
 3. records the new segment lengths in the same transaction and commits
    it (LMDB syncs on commit);
@@ -55,8 +58,8 @@ from pacsstore.store import policy, results
 from pacsstore.store.blocks import EncodedBlock
 from pacsstore.store.faults import crash_point
 from pacsstore.store.hierarchy import link_instance, unlink_instance
-from pacsstore.store.index import BlockEntry, Index
-from pacsstore.store.prepare import PlacedBlock, Prepared, Preparer
+from pacsstore.store.index import BlockEntry, Index, with_manifest
+from pacsstore.store.prepare import PlacedBlock, Prepared
 from pacsstore.store.results import StoreResult
 from pacsstore.store.segments import SegmentWriter, StreamSegments
 
@@ -105,10 +108,9 @@ class Committer:
     """The single writer thread of an Archive."""
 
     def __init__(self, index: Index, writer: SegmentWriter,
-                 preparer: Preparer, on_conflict: str) -> None:
+                 on_conflict: str) -> None:
         self._index = index
         self._writer = writer
-        self._preparer = preparer
         self._policy = on_conflict
         self._cond = threading.Condition()
         self._queue: collections.deque[_Job] = collections.deque()
@@ -296,8 +298,9 @@ class Committer:
         if item.stream is not None:
             self._writer.take_stream(item.stream)
         written, deduplicated = self._add_blocks(txn, item)
-        written += self._add_manifest(txn, record)
-        self._index.put_record(txn, "instance", item.uid, record)
+        written += self._add_manifest(item)
+        self._index.put_encoded_instance(txn, item.uid, with_manifest(
+            item.encoded_record, *record["manifest"]))
         link_instance(self._index, txn, record)
         self._index.add_counter(txn, LOGICAL_BYTES, record["size"])
         return result_for(record, status, written=written,
@@ -347,16 +350,19 @@ class Committer:
             placed.stored_length, placed.kind, placed.codec, 1))
         return placed.total_length
 
-    def _add_manifest(self, txn: lmdb.Transaction,
-                      record: dict[str, Any]) -> int:
+    def _add_manifest(self, item: Prepared) -> int:
         """The manifest goes into the segment (for rebuilding the index)
-        and its position into the record; it is not a shared block."""
-        content = {k: v for k, v in record.items() if k != "manifest"}
-        block = self._preparer.encode_manifest(content)
+        and its position into the record; it is not a shared block. The
+        index record is the manifest's content with that position, so
+        it is the prepared encoding with the position added."""
+        block = item.manifest
+        if block is None:
+            raise AssertionError(f"instance {item.uid} reached the "
+                                 f"committer without its manifest")
         segment, offset = self._writer.reserve(block.total_length)
         self._writer.append(segment, block.header)
         self._writer.append(segment, block.payload)
-        record["manifest"] = [segment, offset]
+        item.record["manifest"] = [segment, offset]
         return block.total_length
 
     def _release(self, txn: lmdb.Transaction,

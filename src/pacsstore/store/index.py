@@ -153,6 +153,17 @@ def dumps(record: dict[str, Any]) -> bytes:
     return _ENCODER.encode(record).encode("utf-8")
 
 
+def with_manifest(encoded: bytes, segment: int, offset: int) -> bytes:
+    """``dumps`` of a record once ``"manifest": [segment, offset]`` is
+    added to it as its last key, from ``encoded``, the ``dumps`` of the
+    record before: the instance record is the manifest's content plus
+    where the manifest lies, so it is encoded once, not twice."""
+    if not (encoded.startswith(b"{") and encoded.endswith(b"}")) or \
+            encoded == b"{}":
+        raise ValueError("not the encoding of a record with keys")
+    return b'%s,"manifest":[%d,%d]}' % (encoded[:-1], segment, offset)
+
+
 def loads(raw: bytes, where: str) -> dict[str, Any]:
     try:
         return json.loads(raw)
@@ -489,6 +500,12 @@ class Index:
     def put_record(self, txn: lmdb.Transaction, level: str, name: str,
                    record: dict[str, Any]) -> None:
         self._change_record(txn, level, name, record)
+
+    def put_encoded_instance(self, txn: lmdb.Transaction, uid: str,
+                             encoded: bytes) -> None:
+        """Put an instance record the caller has encoded (``dumps``, or
+        ``with_manifest``); instance records are not buffered."""
+        txn.put(key(uid), encoded, db=self.db["instances"])
 
     def delete_record(self, txn: lmdb.Transaction, level: str,
                       name: str) -> None:

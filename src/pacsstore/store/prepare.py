@@ -22,6 +22,7 @@ is what was digested, in memory bounded by the chunk.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import mmap
 import os
@@ -29,7 +30,7 @@ import struct
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zstandard
@@ -88,6 +89,11 @@ class Prepared:
     encoded: dict[bytes, EncodedBlock] = field(default_factory=dict)
     placed: dict[bytes, PlacedBlock] = field(default_factory=dict)
     stream: StreamSegments | None = None
+    # The record, final once prepared, encoded (index.dumps), and the
+    # manifest block of it: made here, on the preparing threads, rather
+    # than in the committer, which every instance waits on in turn.
+    encoded_record: bytes = b""
+    manifest: EncodedBlock | None = None
 
     @property
     def size(self) -> int:
@@ -95,7 +101,8 @@ class Prepared:
 
     @property
     def pending_bytes(self) -> int:
-        return sum(b.total_length for b in self.encoded.values())
+        manifest = self.manifest.total_length if self.manifest else 0
+        return manifest + sum(b.total_length for b in self.encoded.values())
 
     @property
     def held_bytes(self) -> int:
@@ -220,23 +227,41 @@ class Preparer:
         aside = None
         if digest_aside and len(buffer) >= DIGEST_ASIDE_BYTES:
             aside = self._names_aside(buffer, parts)
-        if aside is not None:
-            record = _record(buffer, result, attributes, parts, source_ae,
-                             sha256=_PENDING)
-            coded = self._code_all(record, parts)
-            names = aside.result()
-            record["sha256"] = names.sha256
-            prepared = _blocks_of(uid, record, parts, names.blocks)
+        make_record = functools.partial(_record, buffer, result, attributes,
+                                        parts, source_ae)
+        coded = None
+        if aside is None:
+            prepared = _named_in_place(uid, make_record, parts)
         else:
-            names = None if parts.cuts else [blocks.digest(parts.header)]
-            record = _record(buffer, result, attributes, parts, source_ae,
-                             sha256=names[0].hex() if names else None)
-            prepared = _blocks_of(uid, record, parts, names)
-            coded = None
-        record["content_sha256"] = _content_digest(
+            prepared, coded = self._named_while_coding(
+                uid, make_record, parts, aside)
+        prepared.record["content_sha256"] = _content_digest(
             parts, prepared.digests[1:], result.transfer_syntax,
             result.dataset_offset)
         self._compress_missing(prepared, parts, coded)
+        return self._with_manifest(prepared)
+
+    def _named_while_coding(self, uid: str,
+                            make_record: Callable[..., dict[str, Any]],
+                            parts: layout.Split, aside: Future[_Names]
+                            ) -> tuple[Prepared, list[blocks.Coded]]:
+        """The blocks named by the digest thread, and every block coded
+        by this one meanwhile."""
+        record = make_record(sha256=_PENDING)
+        coded = self._code_all(record, parts)
+        names = aside.result()
+        record["sha256"] = names.sha256
+        return _blocks_of(uid, record, parts, names.blocks), coded
+
+    def _with_manifest(self, prepared: Prepared) -> Prepared:
+        """Encode the finished record, and its manifest block."""
+        if "manifest" in prepared.record:
+            raise ValueError("a prepared record has no manifest position "
+                             "yet; the committer gives it one")
+        prepared.encoded_record = dumps(prepared.record)
+        prepared.manifest = blocks.encode(
+            Kind.MANIFEST, prepared.encoded_record,
+            compressor=self._compressor())
         return prepared
 
     def _code_all(self, record: dict[str, Any],
@@ -321,7 +346,8 @@ class Preparer:
         sha256 = whole.finish()
         _check_unchanged(fd, plan.stat, plan.name)
         stream.sync()
-        return _streamed(plan, digests, sha256, placed, stream)
+        return self._with_manifest(
+            _streamed(plan, digests, sha256, placed, stream))
 
     def _write_new(self, record: dict[str, Any], kinds: list[Kind],
                    contents: list[bytes | memoryview], names: list[bytes],
@@ -347,10 +373,6 @@ class Preparer:
             placed[block.digest] = PlacedBlock(
                 block.digest, block.kind, block.codec, block.raw_length,
                 len(block.payload), file, offset)
-
-    def encode_manifest(self, record: dict[str, Any]) -> EncodedBlock:
-        return blocks.encode(Kind.MANIFEST, dumps(record),
-                             compressor=self._compressor())
 
 
 def _sample_bytes(record: dict[str, Any]) -> int:
@@ -701,6 +723,16 @@ def _content_digest(parts: layout.Split, frame_digests: list[bytes],
     for name in frame_digests:
         identity.update(name)
     return identity.hexdigest()
+
+
+def _named_in_place(uid: str, make_record: Callable[..., dict[str, Any]],
+                    parts: layout.Split) -> Prepared:
+    # Without cuts the header block is the whole file, so the digest that
+    # names it is the file's SHA-256 as well: one pass over the bytes
+    # fewer for an instance without frames.
+    known = None if parts.cuts else [blocks.digest(parts.header)]
+    record = make_record(sha256=known[0].hex() if known else None)
+    return _blocks_of(uid, record, parts, known)
 
 
 def _kinds_of(parts: layout.Split) -> list[Kind]:
