@@ -17,6 +17,10 @@ NATIVE_MODULES = {
     "pacsstore._filters": "src/_native/filters.pyx",
     "pacsstore._assemble": "src/_native/assemble.pyx",
 }
+# System libraries each module links, besides zlib: the file assembly
+# decodes planes16 blocks with libzstd and hashes them with OpenSSL's
+# libcrypto (scripts/setup.sh installs their headers).
+LIBRARIES = {"pacsstore._assemble": ["zstd", "crypto"]}
 
 
 def _compile_flags() -> tuple[list[str], list[str]]:
@@ -33,7 +37,8 @@ def _extensions() -> list[Extension]:
     cflags, ldflags = _compile_flags()
     return [
         Extension(name, [source], extra_compile_args=cflags,
-                  extra_link_args=ldflags, libraries=["z"])
+                  extra_link_args=ldflags,
+                  libraries=["z", *LIBRARIES.get(name, [])])
         for name, source in NATIVE_MODULES.items()
     ]
 

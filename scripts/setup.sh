@@ -21,6 +21,8 @@ missing_packages() {
     python3 -c 'import venv, ensurepip' 2>/dev/null || echo python3-venv
     command -v gcc >/dev/null || echo gcc
     [ -e /usr/include/zlib.h ] || echo zlib1g-dev
+    [ -e /usr/include/zstd.h ] || echo libzstd-dev
+    [ -e /usr/include/openssl/evp.h ] || echo libssl-dev
     python3 - 2>/dev/null <<'PY' || echo python3-dev
 import os, sysconfig, sys
 sys.exit(0 if os.path.exists(

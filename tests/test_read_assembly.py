@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import io
 import os
+import struct
+import zlib
 
 import pydicom
 import pytest
+import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pacsstore import Archive, CorruptStoreError
-from pacsstore._assemble import FileAssembly
+from pacsstore._assemble import FileAssembly, PlanesDecoder
 from pacsstore._filters import planes16, unplanes16
-from pacsstore.store import blocks
+from pacsstore.store import blocks, filters
 from pacsstore.store.blocks import HEADER_SIZE, Codec
 from pacsstore.store.reader import InstanceReader
 from pacsstore.store.segments import SegmentReader
@@ -92,31 +95,130 @@ def _uid(data: bytes) -> str:
                                stop_before_pixels=True).SOPInstanceUID)
 
 
-def test_a_filtered_frame_decoded_wrongly_is_caught_in_place(
-        tmp_path, monkeypatch):
-    # The SHA-256 is taken over the bytes where they were written: filtered
-    # samples that decompress wrongly (a decoder fault the CRC32 of the
-    # stored payload cannot see) fail the read instead of being returned.
-    data = corpus_bytes(CT_SMALL)
-    with Archive(tmp_path / "store") as archive:
-        uid = archive.store(data).sop_instance_uid
-        assert frame_codecs(archive, uid) == [Codec.PLANES16_ZSTD]
-        assert archive.get(uid) == data
-        unzstd = blocks._unzstd_planes
+# A planes16 block decoded in one native call ----------------------------------
 
-        def damaged(header, payload, where):
-            filtered = unzstd(header, payload, where)
-            wrong = bytearray(filtered)
-            wrong[len(wrong) // 2] ^= 0x40
-            return memoryview(wrong)
+_PLANES = zstandard.ZstdCompressor(level=3, write_content_size=True)
 
-        monkeypatch.setattr(blocks, "_unzstd_planes", damaged)
+
+def _planes_block(content: bytes, payload: bytes | None = None
+                  ) -> tuple[blocks.BlockHeader, bytes, bytes]:
+    """A planes16 block of ``content``; with ``payload``, the same block
+    header (name and content length) over that payload, its stored
+    length and CRC32 made to match it: damage the CRC cannot see."""
+    # Sealed as planes16 whether or not zstd saves anything, so that
+    # incompressible content is a planes16 block as well.
+    coded = blocks.Coded(Codec.PLANES16_ZSTD, _PLANES.compress(
+        planes16(content)))
+    block = blocks.seal(blocks.Kind.FRAME, blocks.digest(content),
+                        len(content), coded)
+    head, payload = block.header, payload or block.payload
+    head = head[:48] + struct.pack("<Q", len(payload)) + head[56:60]
+    head += struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
+    return blocks.parse_header(head, "test"), head, payload
+
+
+def _decoded_onto(header, head, payload, where="segment 3 offset 99"):
+    assembly = FileAssembly(header.raw_length + 2)
+    assembly.append(b"<")
+    try:
+        blocks.decode_onto(header, head, payload, where, assembly)
+    except CorruptStoreError:
+        assert assembly.filled == 1, "a failed block counted as written"
+        raise
+    assembly.append(b">")
+    return assembly.finish()[1:-1]
+
+
+def _ct_pixels() -> bytes:
+    return corpus_bytes(CT_SMALL)[-128 * 128 * 2:]
+
+
+@given(st.binary(min_size=2, max_size=5000).filter(lambda b: len(b) % 2 == 0))
+@settings(max_examples=60, deadline=None)
+def test_any_planes16_block_decodes_onto_its_content(content):
+    header, head, payload = _planes_block(content)
+    assert _decoded_onto(header, head, payload) == content
+    assert blocks.decode(header, head, payload, "test") == content
+
+
+def test_an_intact_payload_of_other_samples_fails_the_digest_in_place():
+    # A zstd frame with a right CRC32 and the right length whose samples
+    # are not the block's (a decoder fault, or a payload written for
+    # another block): the SHA-256 of the bytes written catches it.
+    pixels = _ct_pixels()
+    other = bytearray(pixels)
+    other[len(other) // 2] ^= 0x40
+    wrong = _PLANES.compress(planes16(bytes(other)))
+    header, head, payload = _planes_block(pixels, wrong)
+    for read in (_decoded_onto,
+                 lambda *block: blocks.decode(*block, "segment 3 offset 99")):
         with pytest.raises(CorruptStoreError,
-                           match="does not match its SHA-256"):
-            archive.get(uid)
-        with pytest.raises(CorruptStoreError,
-                           match="does not match its SHA-256"):
-            list(archive.get_many([uid]))
+                           match="segment 3 offset 99 does not match its "
+                                 "SHA-256"):
+            read(header, head, payload)
+
+
+@pytest.mark.parametrize("extra, says", [
+    (b"\0" * 4096, "decompresses to more than {length} bytes of filtered"),
+    (b"\0", "decompresses to more than {length} bytes of filtered"),
+    (None, "decompresses to {short} bytes of filtered samples; "
+           "{raw} content bytes make {length}"),
+])
+def test_planes_of_the_wrong_length_are_refused_alike(extra, says):
+    pixels = _ct_pixels()
+    planes = planes16(pixels)
+    changed = planes[:-10] if extra is None else planes + extra
+    header, head, payload = _planes_block(pixels, _PLANES.compress(changed))
+    expected = says.format(length=len(planes), short=len(planes) - 10,
+                           raw=len(pixels))
+    for read in (_decoded_onto,
+                 lambda *block: blocks.decode(*block, "segment 3 offset 99")):
+        with pytest.raises(CorruptStoreError, match=expected):
+            read(header, head, payload)
+
+
+def test_a_payload_that_is_not_zstd_fails_alike_and_the_decoder_goes_on():
+    pixels = _ct_pixels()
+    good = _planes_block(pixels)
+    header, head, payload = _planes_block(pixels, bytes(reversed(good[2])))
+    with pytest.raises(CorruptStoreError,
+                       match="segment 3 offset 99 does not decompress: "):
+        _decoded_onto(header, head, payload)
+    with pytest.raises(CorruptStoreError,
+                       match="segment 3 offset 99 does not decompress: "):
+        blocks.decode(header, head, payload, "segment 3 offset 99")
+    assert _decoded_onto(*good) == pixels
+
+
+def test_a_flipped_payload_byte_fails_the_crc_with_the_same_message():
+    header, head, payload = _planes_block(_ct_pixels())
+    flipped = bytearray(payload)
+    flipped[7] ^= 0x01
+    messages = []
+    for read in (_decoded_onto,
+                 lambda *block: blocks.decode(*block, "segment 3 offset 99")):
+        with pytest.raises(CorruptStoreError, match="fails its CRC32") as e:
+            read(header, head, bytes(flipped))
+        messages.append(str(e.value))
+    assert messages[0] == messages[1]
+    with pytest.raises(CorruptStoreError, match="is truncated"):
+        _decoded_onto(header, head, payload[:-1])
+
+
+def test_the_native_call_checks_what_it_is_given():
+    header, head, payload = _planes_block(_ct_pixels())
+    assembly = FileAssembly(header.raw_length)
+    decoder = PlanesDecoder()
+    with pytest.raises(ValueError, match="32-byte digest"):
+        assembly.append_planes16_block(
+            decoder, payload, 0, header.crc32, header.raw_length,
+            header.digest[:31], bytearray(header.raw_length + 1))
+    with pytest.raises(OverflowError):
+        assembly.append_planes16_block(
+            decoder, payload, 0, header.crc32, header.raw_length + 2,
+            header.digest,
+            bytearray(filters.planes16_length(header.raw_length + 2) + 1))
+    assert assembly.filled == 0
 
 
 def test_raw_blocks_do_not_share_the_read_buffer(tmp_path):

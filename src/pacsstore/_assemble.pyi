@@ -2,6 +2,18 @@
 
 Buffer = bytes | bytearray | memoryview
 
+# What append_planes16_block found; its detail is in brackets.
+PLANES_DECODED: int      # (None)
+PLANES_BAD_CRC: int      # (the CRC32 computed)
+PLANES_BAD_ZSTD: int     # (zstd's description of the error)
+PLANES_BAD_LENGTH: int   # (the bytes of planes it decompresses to, at least)
+PLANES_BAD_DIGEST: int   # (None)
+
+class PlanesDecoder:
+    """A zstd decompression context; one per thread."""
+
+    def __init__(self) -> None: ...
+
 class FileAssembly:
     """``size`` bytes, written front to back, then taken by ``finish``:
     a file rebuilt in the bytes object that is returned."""
@@ -19,6 +31,14 @@ class FileAssembly:
                           raw_length: int) -> memoryview:
         """Write the ``raw_length`` bytes whose planes16 planes
         ``filtered`` holds next; a read-only view of them."""
+    def append_planes16_block(self, decoder: PlanesDecoder, payload: Buffer,
+                              crc_seed: int, crc: int, raw_length: int,
+                              digest: Buffer, scratch: bytearray | memoryview
+                              ) -> tuple[int, object]:
+        """Check and decode a planes16 block's payload into the next
+        ``raw_length`` bytes in one call without the GIL (CRC32, zstd
+        into ``scratch``, the inverse, SHA-256 against ``digest``);
+        (outcome, detail). Only a decoded block counts as written."""
     def finish(self) -> bytes:
         """The assembled bytes; ValueError unless every byte is
         written. The assembly is spent afterwards."""

@@ -38,7 +38,14 @@ from pacsstore.errors import (
     NewerFormatError,
     NotAStoreError,
 )
-from pacsstore._assemble import FileAssembly
+from pacsstore._assemble import (
+    PLANES_BAD_CRC,
+    PLANES_BAD_DIGEST,
+    PLANES_BAD_LENGTH,
+    PLANES_BAD_ZSTD,
+    FileAssembly,
+    PlanesDecoder,
+)
 from pacsstore.store import filters
 from pacsstore.store.scratch import ThreadScratch
 
@@ -266,36 +273,81 @@ def decode(header: BlockHeader, raw_header: bytes, payload: Buffer,
 def decode_onto(header: BlockHeader, raw_header: bytes, payload: Buffer,
                 where: str, assembly: FileAssembly) -> None:
     """``decode``, with the content written next into ``assembly``
-    instead of returned: a planes16 frame is inverted straight into it.
-    The SHA-256 is checked on the bytes where they now lie; on damage the
-    assembly holds a part of the content, and must be dropped."""
-    _check_payload(header, raw_header, payload, where)
+    instead of returned: a planes16 frame is checked and inverted
+    straight into it by one native call. The SHA-256 is checked on the
+    bytes where they now lie; on damage the assembly holds a part of the
+    content, and must be dropped."""
     if header.codec is Codec.PLANES16_ZSTD:
-        written = assembly.append_unplanes16(
-            _unzstd_planes(header, payload, where), header.raw_length)
-    else:
-        written = assembly.append(_decompress(header, payload, where))
+        _planes_onto(header, raw_header, payload, where, assembly)
+        return
+    _check_payload(header, raw_header, payload, where)
+    written = assembly.append(_decompress(header, payload, where))
     _check_digest(header, written, where)
 
 
-def _check_payload(header: BlockHeader, raw_header: bytes, payload: Buffer,
-                   where: str) -> None:
+def _planes_onto(header: BlockHeader, raw_header: bytes, payload: Buffer,
+                 where: str, assembly: FileAssembly) -> None:
+    _check_stored_length(header, payload, where)
+    length = filters.planes16_length(header.raw_length)
+    outcome, detail = assembly.append_planes16_block(
+        _planes_decoder(), payload, zlib.crc32(raw_header[:_HEADER.size]),
+        header.crc32, header.raw_length, header.digest,
+        _filtered_scratch.view(length + 1))
+    if outcome == PLANES_BAD_CRC:
+        raise _crc_error(header, detail, where)
+    if outcome == PLANES_BAD_ZSTD:
+        raise _zstd_error(detail, where)
+    if outcome == PLANES_BAD_LENGTH:
+        raise _planes_length_error(header, detail, length, where)
+    if outcome == PLANES_BAD_DIGEST:
+        raise _digest_error(header, where)
+
+
+def _check_stored_length(header: BlockHeader, payload: Buffer,
+                         where: str) -> None:
     if len(payload) != header.stored_length:
         raise CorruptStoreError(
             f"block at {where} is truncated: expected "
             f"{header.stored_length} payload bytes, found {len(payload)}")
+
+
+def _check_payload(header: BlockHeader, raw_header: bytes, payload: Buffer,
+                   where: str) -> None:
+    _check_stored_length(header, payload, where)
     crc = zlib.crc32(payload, zlib.crc32(raw_header[:_HEADER.size]))
     if crc != header.crc32:
-        raise CorruptStoreError(
-            f"block at {where} fails its CRC32: stored "
-            f"{header.crc32:08x}, computed {crc:08x}")
+        raise _crc_error(header, crc, where)
 
 
 def _check_digest(header: BlockHeader, content: Buffer, where: str) -> None:
     if hashlib.sha256(content).digest() != header.digest:
-        raise CorruptStoreError(
-            f"block at {where} does not match its SHA-256 "
-            f"{header.digest.hex()}")
+        raise _digest_error(header, where)
+
+
+def _crc_error(header: BlockHeader, computed: int,
+               where: str) -> CorruptStoreError:
+    return CorruptStoreError(
+        f"block at {where} fails its CRC32: stored {header.crc32:08x}, "
+        f"computed {computed:08x}")
+
+
+def _digest_error(header: BlockHeader, where: str) -> CorruptStoreError:
+    return CorruptStoreError(
+        f"block at {where} does not match its SHA-256 "
+        f"{header.digest.hex()}")
+
+
+def _zstd_error(reason: object, where: str) -> CorruptStoreError:
+    return CorruptStoreError(f"block at {where} does not decompress: "
+                             f"{reason}")
+
+
+def _planes_length_error(header: BlockHeader, found: int, length: int,
+                         where: str) -> CorruptStoreError:
+    shown = f"more than {length}" if found > length else f"{found}"
+    return CorruptStoreError(
+        f"block at {where} decompresses to {shown} bytes of filtered "
+        f"samples; {header.raw_length} content bytes make {length}")
 
 
 def _decompress(header: BlockHeader, payload: Buffer, where: str) -> bytes:
@@ -323,12 +375,7 @@ def _unzstd_planes(header: BlockHeader, payload: Buffer,
     length = filters.planes16_length(header.raw_length)
     filtered = _unzstd_to_scratch(payload, length, where)
     if len(filtered) != length:
-        found = f"more than {length}" if len(filtered) > length \
-            else f"{len(filtered)}"
-        raise CorruptStoreError(
-            f"block at {where} decompresses to {found} bytes of "
-            f"filtered samples; {header.raw_length} content bytes "
-            f"make {length}")
+        raise _planes_length_error(header, len(filtered), length, where)
     return filtered
 
 
@@ -346,13 +393,19 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return found
 
 
+def _planes_decoder() -> PlanesDecoder:
+    found = getattr(_local, "planes_decoder", None)
+    if found is None:
+        found = _local.planes_decoder = PlanesDecoder()
+    return found
+
+
 def _unzstd(payload: Buffer, limit: int, where: str) -> bytes:
     """Decompress a zstd frame, refusing output beyond ``limit`` bytes."""
     try:
         return _decompressor().decompress(payload, max_output_size=limit)
     except zstandard.ZstdError as exc:
-        raise CorruptStoreError(
-            f"block at {where} does not decompress: {exc}") from None
+        raise _zstd_error(exc, where) from None
 
 
 def _unzstd_to_scratch(payload: Buffer, limit: int,
@@ -371,8 +424,7 @@ def _unzstd_to_scratch(payload: Buffer, limit: int,
                     break
                 filled += count
     except zstandard.ZstdError as exc:
-        raise CorruptStoreError(
-            f"block at {where} does not decompress: {exc}") from None
+        raise _zstd_error(exc, where) from None
     return view[:filled]
 
 
