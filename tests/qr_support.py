@@ -5,6 +5,7 @@ pynetdicom clients."""
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import socket
@@ -202,9 +203,28 @@ class Received:
     datasets: dict[str, bytes] = field(default_factory=dict)
     syntaxes: dict[str, str] = field(default_factory=dict)
     originators: list[str] = field(default_factory=list)
+    # TCP_NODELAY of the sender's end of each C-STORE's socket, when the
+    # sender is in this process (the node under test): None if not.
+    sender_no_delay: list[int | None] = field(default_factory=list)
     associations: int = 0
     first_store: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _sender_no_delay(accepted: socket.socket) -> int | None:
+    """TCP_NODELAY of the socket at the other end of ``accepted``, found
+    among this process's sockets by its address."""
+    peer = accepted.getpeername()
+    for candidate in gc.get_objects():
+        if isinstance(candidate, socket.socket) and \
+                candidate is not accepted and candidate.fileno() != -1:
+            try:
+                if candidate.getsockname() == peer:
+                    return candidate.getsockopt(socket.IPPROTO_TCP,
+                                                socket.TCP_NODELAY)
+            except OSError:
+                continue
+    return None
 
 
 @contextmanager
@@ -223,7 +243,9 @@ def pynetdicom_destination(port: int, contexts: list[tuple[str, list[str]]],
         if gate is not None:
             gate.wait(10)
         uid = str(event.request.AffectedSOPInstanceUID)
+        sender = _sender_no_delay(event.assoc.dul.socket.socket)
         with received.lock:
+            received.sender_no_delay.append(sender)
             received.originators.append(
                 event.request.MoveOriginatorApplicationEntityTitle or "")
             if uid in refuse:

@@ -164,6 +164,19 @@ def test_net_move_counts_each_sub_operation(node, archive, ports):
             uid)["transfer_syntax"]
 
 
+def test_net_move_sub_association_sends_without_delay(node, ports):
+    """The node's end of the association to a move destination has
+    Nagle's algorithm off, as its accepted sockets do: with it on, each
+    C-STORE request of the sub-operations could wait a delayed ACK."""
+    with pynetdicom_destination(ports[PYNETDICOM_DESTINATION],
+                                EVERY_CLASS) as received:
+        responses = move(node, "study", study_query(S1))
+    assert responses[-1][0].Status == 0x0000
+    assert received.sender_no_delay
+    assert all(flag for flag in received.sender_no_delay), \
+        received.sender_no_delay
+
+
 def test_net_move_with_no_match_succeeds_with_nothing_sent(node, ports):
     with pynetdicom_destination(ports[PYNETDICOM_DESTINATION],
                                 EVERY_CLASS) as received:

@@ -40,6 +40,7 @@ from pynetdicom.pdu_primitives import A_RELEASE
 from pacsstore.errors import (ArchiveClosedError, NotFoundError,
                               PacsstoreError)
 from pacsstore.net.identity import pacsstore_ae
+from pacsstore.net.sockets import OUTGOING_HANDLERS
 
 logger = logging.getLogger(__name__)
 
@@ -307,7 +308,7 @@ def report_on_new_association(peer: Peer, calling_ae_title: str,
                              [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     role = build_role(COMMITMENT_SOP_CLASS, scp_role=True)
     assoc = ae.associate(peer.host, peer.port, ae_title=called_ae_title,
-                         ext_neg=[role])
+                         ext_neg=[role], evt_handlers=OUTGOING_HANDLERS)
     if not assoc.is_established:
         logger.warning("storage commitment report: %s at %s:%s refused "
                        "the association", called_ae_title, peer.host,

@@ -22,7 +22,6 @@ so the C-STORE handler checks the permission too.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from pacsstore.errors import NotStorableError, PacsstoreError
 from pacsstore.net.access import ALL_SERVICES, PeerTable, Service
 from pacsstore.net.contexts import service_of
 from pacsstore.net.reactor import event_driven
+from pacsstore.net.sockets import no_delay
 from pacsstore.net.status import (NOT_AUTHORIZED, failure_status, refusal,
                                   success_status)
 
@@ -83,7 +83,7 @@ def handle_conn_open(event: Event) -> None:
     """
     sock = event.assoc.dul.socket.socket
     if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        no_delay(sock)
         # An accepted socket has no timeout of its own (Python gives it
         # none): a peer that stops inside a PDU before its association
         # is established would hold the DUL thread in recv() for good.

@@ -155,13 +155,15 @@ def send_with_pynetdicom(files: Sequence[OutgoingFile], host: str,
     """Send ``files`` in one association with pynetdicom, which passes
     each file's dataset bytes through unchanged."""
     from pacsstore.net.identity import pacsstore_ae
+    from pacsstore.net.sockets import OUTGOING_HANDLERS
 
     ae = pacsstore_ae(calling_ae)
     for sop_class, syntax in sorted({(f.sop_class_uid, f.transfer_syntax)
                                      for f in files}):
         ae.add_requested_context(sop_class, syntax)
     report = SendReport()
-    assoc = ae.associate(host, port, ae_title=called_ae)
+    assoc = ae.associate(host, port, ae_title=called_ae,
+                         evt_handlers=OUTGOING_HANDLERS)
     if not assoc.is_established:
         raise ConnectionError(f"association with {called_ae} at "
                               f"{host}:{port} was not established")

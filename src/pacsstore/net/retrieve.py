@@ -42,6 +42,7 @@ from pynetdicom.sop_class import Verification
 
 from pacsstore.errors import PacsstoreError
 from pacsstore.filemeta import build_file_meta
+from pacsstore.net.sockets import OUTGOING_HANDLERS
 from pacsstore.net.status import PROCESSING_FAILURE, refusal
 from pacsstore.pixels.transcode import (UNCOMPRESSED_TARGETS,
                                         choose_syntax, transcode)
@@ -217,8 +218,10 @@ def sub_association_handlers(archive: ReadingArchive,
     """Event handlers for a move destination association: it sends
     stored instances from the moment the destination accepts it, before
     pynetdicom hands it the first dataset, and names ``originator`` (the
-    AE that asked for the move) as Move Originator (PS3.7 9.1.1.1)."""
-    return [(evt.EVT_ACCEPTED, _on_accepted, [archive, originator])]
+    AE that asked for the move) as Move Originator (PS3.7 9.1.1.1). Its
+    socket sends without delay, as the node's accepted ones do."""
+    return [*OUTGOING_HANDLERS,
+            (evt.EVT_ACCEPTED, _on_accepted, [archive, originator])]
 
 
 def _on_accepted(event: Event, archive: ReadingArchive,
