@@ -447,3 +447,37 @@ def test_archive_frame_decoder_exception_of_any_kind_is_wrapped(
     monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(broken))
     with pytest.raises(FrameDecodeError, match="KeyError: 'codec state'"):
         archive.frame(uid, 0, decode=True)
+
+
+@pytest.mark.parametrize("level", [0, 23, -1, 2.5, "3", True, None])
+def test_a_compression_level_zstd_lacks_is_refused_at_open(tmp_path, level):
+    """Refused by Archive() itself, naming the parameter, before the store
+    is created; not by zstandard at the first store."""
+    store = tmp_path / "store"
+    with pytest.raises(StoreConfigError, match="compression_level is a zstd "
+                                               "level, a whole number from 1 "
+                                               "to 22"):
+        Archive(store, compression_level=level)
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("level", [1, 22])
+def test_the_compression_levels_at_either_end_store_and_read(tmp_path, level):
+    data = corpus_bytes(CT_SMALL)
+    with Archive(tmp_path / "store", compression_level=level) as archive:
+        uid = archive.store(data).sop_instance_uid
+        assert archive.get(uid) == data
+
+
+@pytest.mark.parametrize("option, value", [
+    ("segment_size", "1 GiB"), ("segment_size", 32), ("segment_size", -5),
+    ("map_size", "64M"), ("map_size", 0), ("max_map_size", 1.5),
+    ("max_inflight_bytes", -1), ("max_inflight_bytes", "x"),
+    ("readonly", "no"), ("readonly", 1),
+])
+def test_options_of_the_wrong_kind_are_refused_at_open(tmp_path, option,
+                                                       value):
+    store = tmp_path / "store"
+    with pytest.raises(StoreConfigError, match=f"^{option} is "):
+        Archive(store, **{option: value})
+    assert not store.exists()

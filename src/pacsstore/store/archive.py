@@ -35,6 +35,7 @@ from typing import Any, BinaryIO, Union
 
 import numpy as np
 import pydicom
+import zstandard
 from pydicom.dataset import Dataset
 
 from pacsstore import parsing
@@ -72,6 +73,7 @@ from pacsstore.store.reader import InstanceReader, open_stream
 from pacsstore.store.results import ArchiveStats, StoreResult
 from pacsstore.store.segments import (
     DEFAULT_MAX_SIZE,
+    HEADER_SIZE as SEGMENT_HEADER_SIZE,
     fsync_directory,
     SegmentReader,
     SegmentWriter,
@@ -161,9 +163,18 @@ class Archive:
                  stream_threshold: int = DEFAULT_STREAM_THRESHOLD) -> None:
         self.path = Path(path)
         self.on_conflict = policy.check_policy(on_conflict)
+        if not isinstance(readonly, bool):
+            raise policy.StoreConfigError(
+                f"readonly is True or False; found {readonly!r}")
         self.readonly = readonly
-        self._max_inflight = max_inflight_bytes
-        self._stream_threshold = _check_threshold(stream_threshold)
+        self._max_inflight = _check_bytes("max_inflight_bytes",
+                                          max_inflight_bytes, 1)
+        self._stream_threshold = _check_bytes("stream_threshold",
+                                              stream_threshold, 0)
+        level = _check_compression_level(compression_level)
+        _check_bytes("segment_size", segment_size, SEGMENT_HEADER_SIZE + 1)
+        _check_bytes("map_size", map_size, 1)
+        _check_bytes("max_map_size", max_map_size, 1)
         self._lock_fd: int | None = None
         self._committer: Committer | None = None
         self._closed = False
@@ -178,7 +189,7 @@ class Archive:
             self._release_lock()
             raise
         self._segments = SegmentReader(self.path / "segments")
-        self._preparer = Preparer(self._index, compression_level)
+        self._preparer = Preparer(self._index, level)
         if not readonly:
             try:
                 self._start_writer(segment_size)
@@ -690,10 +701,23 @@ def _read_file(fd: int, name: str) -> bytes:
             f"cannot read {name!r}: {exc.strerror}") from None
 
 
-def _check_threshold(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+def _check_compression_level(value: object) -> int:
+    """A zstd level, refused when the Archive opens rather than at the
+    first store, before anything is created on disk."""
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            not 1 <= value <= zstandard.MAX_COMPRESSION_LEVEL:
         raise policy.StoreConfigError(
-            f"stream_threshold is a number of bytes (0 or more); found "
+            f"compression_level is a zstd level, a whole number from 1 "
+            f"to {zstandard.MAX_COMPRESSION_LEVEL} (3 by default); found "
+            f"{value!r}")
+    return value
+
+
+def _check_bytes(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            value < minimum:
+        raise policy.StoreConfigError(
+            f"{name} is a number of bytes ({minimum} or more); found "
             f"{value!r}")
     return value
 
