@@ -40,7 +40,7 @@ from pynetdicom.pdu_primitives import A_RELEASE
 from pacsstore.errors import (ArchiveClosedError, NotFoundError,
                               PacsstoreError)
 from pacsstore.net.identity import pacsstore_ae
-from pacsstore.net.sockets import OUTGOING_HANDLERS
+from pacsstore.net.requested import OUTGOING_HANDLERS
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from pacsstore.errors import NotStorableError, PacsstoreError
 from pacsstore.net.access import ALL_SERVICES, PeerTable, Service
 from pacsstore.net.contexts import service_of
 from pacsstore.net.reactor import event_driven
-from pacsstore.net.sockets import no_delay
+from pacsstore.net.requested import no_delay
 from pacsstore.net.status import (NOT_AUTHORIZED, failure_status, refusal,
                                   success_status)
 

@@ -155,7 +155,7 @@ def send_with_pynetdicom(files: Sequence[OutgoingFile], host: str,
     """Send ``files`` in one association with pynetdicom, which passes
     each file's dataset bytes through unchanged."""
     from pacsstore.net.identity import pacsstore_ae
-    from pacsstore.net.sockets import OUTGOING_HANDLERS
+    from pacsstore.net.requested import OUTGOING_HANDLERS
 
     ae = pacsstore_ae(calling_ae)
     for sop_class, syntax in sorted({(f.sop_class_uid, f.transfer_syntax)

@@ -42,7 +42,7 @@ from pynetdicom.sop_class import Verification
 
 from pacsstore.errors import PacsstoreError
 from pacsstore.filemeta import build_file_meta
-from pacsstore.net.sockets import OUTGOING_HANDLERS
+from pacsstore.net.requested import OUTGOING_HANDLERS
 from pacsstore.net.status import PROCESSING_FAILURE, refusal
 from pacsstore.pixels.transcode import (UNCOMPRESSED_TARGETS,
                                         choose_syntax, transcode)
