@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import struct
 import zlib
 
@@ -15,7 +16,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pacsstore import Archive, CorruptStoreError
+from pacsstore import Archive, CorruptStoreError, NewerFormatError
 from pacsstore._assemble import FileAssembly, PlanesDecoder
 from pacsstore._filters import planes16, unplanes16
 from pacsstore.store import blocks, filters
@@ -314,3 +315,74 @@ def test_the_corpus_ct_round_trips_through_get_many(tmp_path):
         uid = archive.store(data).sop_instance_uid
         assert uid == _uid(data)
         assert list(archive.get_many([uid, uid])) == [data, data]
+
+
+# (byte of the block header, bit flipped): the content length is bytes
+# 40-47, so these add 4 GiB and 1 TiB to it.
+@pytest.mark.parametrize("at, flip", [(44, 0x01), (45, 0x01)])
+def test_a_damaged_content_length_sizes_no_allocation(tmp_path, at, flip):
+    """A flipped bit in a planes16 block's content length (a header field
+    the CRC32 covers) fails the read with CorruptStoreError before the
+    length sizes a buffer: it used to allocate the 4 GiB, or fail with a
+    bare MemoryError for 1 TiB."""
+    path = write_ct_series(tmp_path / "ct", 1, seed=31)[0]
+    data = path.read_bytes()
+    with Archive(tmp_path / "store") as archive:
+        uid = archive.store(path).sop_instance_uid
+        [name] = archive.record(uid)["blocks"]
+        with archive._index.read() as txn:
+            entry = archive._index.block(txn, bytes.fromhex(name))
+    segment = tmp_path / "store" / "segments" / f"{entry.segment:08d}.seg"
+    with open(segment, "r+b") as handle:
+        handle.seek(entry.offset + at)
+        value = handle.read(1)[0]
+        handle.seek(entry.offset + at)
+        handle.write(bytes([value ^ flip]))
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with Archive(tmp_path / "store", readonly=True) as archive:
+        with pytest.raises(CorruptStoreError):
+            archive.get(uid)
+        with pytest.raises(CorruptStoreError):
+            list(archive.get_many([uid]))
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - \
+        peak_before
+    assert grown_kib < 512 << 10, f"the peak grew by {grown_kib} KiB"
+    with open(segment, "r+b") as handle:
+        handle.seek(entry.offset + at)
+        handle.write(bytes([value]))
+    with Archive(tmp_path / "store", readonly=True) as archive:
+        assert archive.get(uid) == data
+
+
+def test_a_damaged_version_byte_is_damage_and_a_newer_block_is_newer(
+        tmp_path):
+    """The version byte is read before the CRC32 can be checked: a
+    version past this reader's is a newer writer's block only when the
+    block's CRC32 holds, and damage otherwise."""
+    path = write_ct_series(tmp_path / "ct", 1, seed=32)[0]
+    with Archive(tmp_path / "store") as archive:
+        uid = archive.store(path).sop_instance_uid
+        [name] = archive.record(uid)["blocks"]
+        with archive._index.read() as txn:
+            entry = archive._index.block(txn, bytes.fromhex(name))
+    segment = tmp_path / "store" / "segments" / f"{entry.segment:08d}.seg"
+    with open(segment, "r+b") as handle:
+        handle.seek(entry.offset)
+        head = bytearray(handle.read(HEADER_SIZE))
+        payload = handle.read(entry.stored_length)
+        head[4] = blocks.BLOCK_FORMAT_VERSION + 1
+        handle.seek(entry.offset)
+        handle.write(head)
+    with Archive(tmp_path / "store", readonly=True) as archive:
+        for read in (archive.get, lambda u: list(archive.get_many([u]))):
+            with pytest.raises(CorruptStoreError, match="fails its CRC32"):
+                read(uid)
+    # The same version with the CRC32 a newer writer would have written.
+    head[60:64] = struct.pack("<I", zlib.crc32(payload, zlib.crc32(
+        bytes(head[:60]))))
+    with open(segment, "r+b") as handle:
+        handle.seek(entry.offset)
+        handle.write(head)
+    with Archive(tmp_path / "store", readonly=True) as archive:
+        with pytest.raises(NewerFormatError, match="format version"):
+            archive.get(uid)

@@ -288,13 +288,23 @@ def decode_onto(header: BlockHeader, raw_header: bytes, payload: Buffer,
 def _planes_onto(header: BlockHeader, raw_header: bytes, payload: Buffer,
                  where: str, assembly: FileAssembly) -> None:
     _check_stored_length(header, payload, where)
+    if header.raw_length > assembly.size - assembly.filled:
+        # The header's length is only trusted once its CRC32 holds, and
+        # the scratch buffer is sized by it: a damaged length must not
+        # size an allocation. A block that cannot fit takes the checks
+        # in order (the CRC first) and fails there, or when it does not
+        # fit.
+        _check_payload(header, raw_header, payload, where)
+        raise OverflowError(
+            f"block at {where} holds {header.raw_length} bytes; "
+            f"{assembly.size - assembly.filled} are left to fill")
     length = filters.planes16_length(header.raw_length)
     outcome, detail = assembly.append_planes16_block(
         _planes_decoder(), payload, zlib.crc32(raw_header[:_HEADER.size]),
         header.crc32, header.raw_length, header.digest,
         _filtered_scratch.view(length + 1))
     if outcome == PLANES_BAD_CRC:
-        raise _crc_error(header, detail, where)
+        raise _crc_error(header.crc32, detail, where)
     if outcome == PLANES_BAD_ZSTD:
         raise _zstd_error(detail, where)
     if outcome == PLANES_BAD_LENGTH:
@@ -316,7 +326,18 @@ def _check_payload(header: BlockHeader, raw_header: bytes, payload: Buffer,
     _check_stored_length(header, payload, where)
     crc = zlib.crc32(payload, zlib.crc32(raw_header[:_HEADER.size]))
     if crc != header.crc32:
-        raise _crc_error(header, crc, where)
+        raise _crc_error(header.crc32, crc, where)
+
+
+def check_crc_of_raw(raw: Buffer, where: str) -> None:
+    """CorruptStoreError unless the CRC32 at the end of the header of the
+    block ``raw`` (its header and payload, read together) holds: for a
+    header that cannot be parsed, to tell damage from a newer writer."""
+    view = memoryview(raw)
+    (stored,) = _CRC.unpack_from(view, _HEADER.size)
+    computed = zlib.crc32(view[HEADER_SIZE:], zlib.crc32(view[:_HEADER.size]))
+    if computed != stored:
+        raise _crc_error(stored, computed, where)
 
 
 def _check_digest(header: BlockHeader, content: Buffer, where: str) -> None:
@@ -324,10 +345,10 @@ def _check_digest(header: BlockHeader, content: Buffer, where: str) -> None:
         raise _digest_error(header, where)
 
 
-def _crc_error(header: BlockHeader, computed: int,
+def _crc_error(stored: int, computed: int,
                where: str) -> CorruptStoreError:
     return CorruptStoreError(
-        f"block at {where} fails its CRC32: stored {header.crc32:08x}, "
+        f"block at {where} fails its CRC32: stored {stored:08x}, "
         f"computed {computed:08x}")
 
 

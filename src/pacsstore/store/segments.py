@@ -605,7 +605,13 @@ class SegmentReader:
         # read. The header's own length is checked against it before the
         # payload is used.
         view = self._pread(number, offset, blocks.HEADER_SIZE + stored_length)
-        header = blocks.parse_header(view[:blocks.HEADER_SIZE], where)
+        try:
+            header = blocks.parse_header(view[:blocks.HEADER_SIZE], where)
+        except NewerFormatError:
+            # A version byte past this reader's is a newer writer's block
+            # only if the CRC32 holds; otherwise it is damage.
+            blocks.check_crc_of_raw(view, where)
+            raise
         self._check_entry(header, where, expect, stored_length)
         # Short at the end of the file: decode reports the truncation.
         return header, view[:blocks.HEADER_SIZE], \
