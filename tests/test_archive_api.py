@@ -471,7 +471,9 @@ def test_the_compression_levels_at_either_end_store_and_read(tmp_path, level):
 
 @pytest.mark.parametrize("option, value", [
     ("segment_size", "1 GiB"), ("segment_size", 32), ("segment_size", -5),
-    ("map_size", "64M"), ("map_size", 0), ("max_map_size", 1.5),
+    ("map_size", "64M"), ("map_size", 0), ("map_size", 2**70),
+    ("max_map_size", 1.5), ("max_map_size", 2**70),
+    ("max_map_size", 1 << 20),  # less than the 64 MiB map to start with
     ("max_inflight_bytes", -1), ("max_inflight_bytes", "x"),
     ("readonly", "no"), ("readonly", 1),
 ])

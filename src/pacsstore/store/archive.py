@@ -173,8 +173,8 @@ class Archive:
                                               stream_threshold, 0)
         level = _check_compression_level(compression_level)
         _check_bytes("segment_size", segment_size, SEGMENT_HEADER_SIZE + 1)
-        _check_bytes("map_size", map_size, 1)
-        _check_bytes("max_map_size", max_map_size, 1)
+        _check_bytes("map_size", map_size, 1, _LARGEST_MAP)
+        _check_bytes("max_map_size", max_map_size, map_size, _LARGEST_MAP)
         self._lock_fd: int | None = None
         self._committer: Committer | None = None
         self._closed = False
@@ -713,12 +713,20 @@ def _check_compression_level(value: object) -> int:
     return value
 
 
-def _check_bytes(name: str, value: object, minimum: int) -> int:
+# The largest LMDB map the options take: far beyond any disk, and inside
+# what py-lmdb converts (2**70 raised OverflowError from within LMDB's
+# open, after the store's directory was made).
+_LARGEST_MAP = 1 << 56
+
+
+def _check_bytes(name: str, value: object, minimum: int,
+                 maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or \
-            value < minimum:
+            value < minimum or (maximum is not None and value > maximum):
+        bounds = (f"{minimum} or more" if maximum is None
+                  else f"{minimum} to {maximum}")
         raise policy.StoreConfigError(
-            f"{name} is a number of bytes ({minimum} or more); found "
-            f"{value!r}")
+            f"{name} is a number of bytes ({bounds}); found {value!r}")
     return value
 
 
