@@ -317,6 +317,18 @@ def test_the_corpus_ct_round_trips_through_get_many(tmp_path):
         assert list(archive.get_many([uid, uid])) == [data, data]
 
 
+def _stored_slice_block(tmp_path, path):
+    """Store the slice at ``path`` in tmp_path/store: its UID, the index
+    entry of its frame block, and the segment file that holds it."""
+    with Archive(tmp_path / "store") as archive:
+        uid = archive.store(path).sop_instance_uid
+        [name] = archive.record(uid)["blocks"]
+        with archive._index.read() as txn:
+            entry = archive._index.block(txn, bytes.fromhex(name))
+    segment = tmp_path / "store" / "segments" / f"{entry.segment:08d}.seg"
+    return uid, entry, segment
+
+
 # (byte of the block header, bit flipped): the content length is bytes
 # 40-47, so these add 4 GiB and 1 TiB to it.
 @pytest.mark.parametrize("at, flip", [(44, 0x01), (45, 0x01)])
@@ -327,12 +339,7 @@ def test_a_damaged_content_length_sizes_no_allocation(tmp_path, at, flip):
     bare MemoryError for 1 TiB."""
     path = write_ct_series(tmp_path / "ct", 1, seed=31)[0]
     data = path.read_bytes()
-    with Archive(tmp_path / "store") as archive:
-        uid = archive.store(path).sop_instance_uid
-        [name] = archive.record(uid)["blocks"]
-        with archive._index.read() as txn:
-            entry = archive._index.block(txn, bytes.fromhex(name))
-    segment = tmp_path / "store" / "segments" / f"{entry.segment:08d}.seg"
+    uid, entry, segment = _stored_slice_block(tmp_path, path)
     with open(segment, "r+b") as handle:
         handle.seek(entry.offset + at)
         value = handle.read(1)[0]
@@ -360,12 +367,7 @@ def test_a_damaged_version_byte_is_damage_and_a_newer_block_is_newer(
     version past this reader's is a newer writer's block only when the
     block's CRC32 holds, and damage otherwise."""
     path = write_ct_series(tmp_path / "ct", 1, seed=32)[0]
-    with Archive(tmp_path / "store") as archive:
-        uid = archive.store(path).sop_instance_uid
-        [name] = archive.record(uid)["blocks"]
-        with archive._index.read() as txn:
-            entry = archive._index.block(txn, bytes.fromhex(name))
-    segment = tmp_path / "store" / "segments" / f"{entry.segment:08d}.seg"
+    uid, entry, segment = _stored_slice_block(tmp_path, path)
     with open(segment, "r+b") as handle:
         handle.seek(entry.offset)
         head = bytearray(handle.read(HEADER_SIZE))
