@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from pacsstore import Archive, CorruptStoreError, NewerFormatError
 from pacsstore._assemble import FileAssembly, PlanesDecoder
-from pacsstore._filters import planes16, unplanes16
+from pacsstore._filters import planes16
 from pacsstore.store import blocks, filters
 from pacsstore.store.blocks import HEADER_SIZE, Codec
 from pacsstore.store.reader import InstanceReader
@@ -42,24 +42,11 @@ def test_pieces_written_in_order_make_the_file():
     assert assembly.finish() == b"abcdefg"
 
 
-@settings(max_examples=200)
-@given(st.binary(max_size=4099), st.binary(max_size=9))
-def test_unplanes16_in_place_equals_the_filter_inverse(content, prefix):
-    assembly = FileAssembly(len(prefix) + len(content))
-    assembly.append(prefix)
-    written = assembly.append_unplanes16(planes16(content), len(content))
-    assert bytes(written) == content
-    assert assembly.finish() == prefix + unplanes16(planes16(content),
-                                                    len(content))
-
-
 def test_a_piece_that_does_not_fit_is_refused_and_nothing_is_written():
     assembly = FileAssembly(4)
     assembly.append(b"ab")
     with pytest.raises(OverflowError, match="3 more bytes do not fit: 2 of 4"):
         assembly.append(b"cde")
-    with pytest.raises(OverflowError):
-        assembly.append_unplanes16(planes16(b"cdef"), 4)
     assert assembly.filled == 2
 
 
@@ -81,10 +68,7 @@ def test_an_assembly_is_finished_once():
         assembly.append(b"")
 
 
-def test_filtered_samples_of_the_wrong_length_are_refused():
-    assembly = FileAssembly(8)
-    with pytest.raises(ValueError, match="must be 8 bytes long, not 7"):
-        assembly.append_unplanes16(b"\0" * 7, 8)
+def test_a_negative_size_is_refused():
     with pytest.raises(ValueError, match="negative"):
         FileAssembly(-1)
 

@@ -155,18 +155,6 @@ cdef class FileAssembly:
                 memcpy(target, &data[0], count)
         return self._advance(count)
 
-    def append_unplanes16(self, const uint8_t[::1] filtered,
-                          Py_ssize_t raw_length):
-        """Write the ``raw_length`` bytes whose planes16 planes
-        ``filtered`` holds (see ``pacsstore._filters.unplanes16``) next;
-        a read-only view of them."""
-        _check_planes(filtered.shape[0], raw_length)
-        cdef uint8_t* target = self._claim(raw_length)
-        if raw_length:
-            with nogil:
-                _unplanes16_into(&filtered[0], raw_length, target)
-        return self._advance(raw_length)
-
     def append_planes16_block(self, PlanesDecoder decoder,
                               const uint8_t[::1] payload, uint32_t crc_seed,
                               uint32_t crc, Py_ssize_t raw_length,

@@ -27,10 +27,6 @@ class FileAssembly:
     def append(self, data: Buffer) -> memoryview:
         """Copy ``data`` in next; a read-only view of where it went.
         OverflowError when it does not fit."""
-    def append_unplanes16(self, filtered: Buffer,
-                          raw_length: int) -> memoryview:
-        """Write the ``raw_length`` bytes whose planes16 planes
-        ``filtered`` holds next; a read-only view of them."""
     def append_planes16_block(self, decoder: PlanesDecoder, payload: Buffer,
                               crc_seed: int, crc: int, raw_length: int,
                               digest: Buffer, scratch: bytearray | memoryview
