@@ -97,6 +97,16 @@ DEFAULT_STREAM_THRESHOLD = 64 << 20
 # Threads that prepare store_many's items: one per core is enough, since
 # the work they do outside the GIL (SHA-256, zstd) is CPU-bound.
 PREPARE_WORKERS = max(2, min(8, os.cpu_count() or 2))
+# store_many prepares items smaller than this in its own thread, and
+# commits them in chunks of up to SMALL_CHUNK_ITEMS items or
+# SMALL_CHUNK_BYTES prepared bytes (see _Pipeline). 1,000 reports of
+# 2-40 KB went from about 2,600 to 4,500 a second on two cores. Where
+# the pool starts to win, measured with CT slices of growing size: a
+# slice of 65 KiB took 503 µs through the pool and 334 µs here, one of
+# 129 KiB 653 and 620 µs, one of 177 KiB 627 and 715 µs.
+SMALL_ITEM_BYTES = 128 << 10
+SMALL_CHUNK_ITEMS = 256
+SMALL_CHUNK_BYTES = 16 << 20
 
 StoreInput = Union[bytes, bytearray, memoryview, str, os.PathLike, Dataset]
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -572,22 +582,36 @@ class Archive:
 
 class _Pipeline:
     """store_many: prepare ahead on a small thread pool while earlier
-    batches commit.
+    batches commit; small items in the caller's thread, a chunk at a time.
 
-    Preparing (reading, parsing, digesting, compressing) is most of the
-    work of a store, and hashlib and zstandard release the GIL, so
-    ``PREPARE_WORKERS`` threads prepare items at once. Items still reach
-    the committer in the order of the iterable, which is what makes the
-    re-send policy's "first" and "last" mean the caller's order.
+    Preparing a large item (reading, parsing, digesting, compressing) is
+    mostly hashlib and zstandard, which release the GIL, so
+    ``PREPARE_WORKERS`` threads prepare large items at once. A small
+    item's prepare is mostly Python (the parse's result, the record,
+    its JSON), and so is the committer's work: both hold the GIL, so on
+    other threads they only interleave, and each LMDB call of the
+    committer (py-lmdb releases the GIL around every get and put) hands
+    the GIL to a preparer and waits to get it back. Small items are
+    therefore prepared here, ``SMALL_CHUNK_ITEMS`` at a time, and each
+    chunk is committed, as one batch, before the next is prepared.
+
+    Items still reach the committer in the order of the iterable, which
+    is what makes the re-send policy's "first" and "last" mean the
+    caller's order.
     """
 
     def __init__(self, archive: Archive, skip_invalid: bool) -> None:
         self.archive = archive
         self.committer = archive._writer()
         self.skip_invalid = skip_invalid
+        self.small_below = min(SMALL_ITEM_BYTES, archive._stream_threshold)
         self.results: list[StoreResult | None] = []
         self.preparing: collections.deque[tuple[int, Future[Prepared]]] = \
             collections.deque()
+        # Small items prepared here and not yet handed on: (position,
+        # prepared), in order, all later than everything in preparing.
+        self.held: list[tuple[int, Prepared]] = []
+        self.held_bytes = 0
         self.inflight: collections.deque[tuple[int, Future, int]] = \
             collections.deque()
         self.inflight_bytes = 0
@@ -602,19 +626,63 @@ class _Pipeline:
                     self.results.append(None)
                     # Snapshot caller-owned buffers here, before the
                     # loop asks the iterable for the next item.
+                    item = _snapshot(item)
+                    if self._is_small(item):
+                        self._prepare_here(position, item)
+                        continue
+                    self._hand_on_held()
                     self.preparing.append(
-                        (position, pool.submit(self.archive._prepare,
-                                               _snapshot(item))))
+                        (position, pool.submit(self.archive._prepare, item)))
                     while len(self.preparing) > 2 * PREPARE_WORKERS:
                         self._forward_oldest()
-                while self.preparing:
-                    self._forward_oldest()
+                self._forward_all()
+                self._hand_on_held()
             finally:
                 for _position, future in self.preparing:
                     future.cancel()
                     future.add_done_callback(self._abandon_unsent)
+                for _position, prepared in self.held:
+                    if prepared.stream is not None:  # a file that grew
+                        self.committer.abandon(prepared.stream)
+                self.held.clear()
                 self._drain()
         return [r for r in self.results if r is not None]
+
+    def _is_small(self, item: StoreInput) -> bool:
+        size = _size_of(item)
+        return size is not None and size < self.small_below
+
+    def _prepare_here(self, position: int, item: StoreInput) -> None:
+        try:
+            prepared = self.archive._prepare(item)
+        except _ITEM_ERRORS as exc:
+            # Everything before the bad item is handed on first, so that
+            # raising leaves it durable.
+            self._forward_all()
+            self._hand_on_held()
+            self._reject(position, exc, None)
+            return
+        self.held.append((position, prepared))
+        self.held_bytes += prepared.held_bytes
+        if len(self.held) >= SMALL_CHUNK_ITEMS or \
+                self.held_bytes >= SMALL_CHUNK_BYTES:
+            self._hand_on_held()
+            while self.inflight:  # the chunk commits before the next
+                self._settle_oldest()
+
+    def _hand_on_held(self) -> None:
+        """Hand the held small items to the committer in one piece,
+        after every item before them."""
+        if not self.held:
+            return
+        self._forward_all()
+        held, self.held, self.held_bytes = self.held, [], 0
+        futures = self.committer.submit_all([p for _, p in held])
+        for (position, prepared), future in zip(held, futures):
+            self.inflight.append((position, future, prepared.held_bytes))
+            self.inflight_bytes += prepared.held_bytes
+        while self.inflight_bytes > self.archive._max_inflight:
+            self._settle_oldest()
 
     def _abandon_unsent(self, future: Future[Prepared]) -> None:
         """An item prepared but never handed on (an earlier one failed):
@@ -624,6 +692,10 @@ class _Pipeline:
         stream = future.result().stream
         if stream is not None:
             self.committer.abandon(stream)
+
+    def _forward_all(self) -> None:
+        while self.preparing:
+            self._forward_oldest()
 
     def _forward_oldest(self) -> None:
         """Hand the oldest prepared item to the committer, in order."""
@@ -728,6 +800,22 @@ def _check_bytes(name: str, value: object, minimum: int,
         raise policy.StoreConfigError(
             f"{name} is a number of bytes ({bounds}); found {value!r}")
     return value
+
+
+def _size_of(data: StoreInput) -> int | None:
+    """The bytes ``data`` holds, when that is cheap to know (a snapshot's
+    buffer, a regular file); None otherwise."""
+    if isinstance(data, bytes):
+        return len(data)
+    if isinstance(data, memoryview):
+        return data.nbytes
+    if isinstance(data, (str, os.PathLike)):
+        try:
+            stat = os.stat(data)
+        except (OSError, ValueError):
+            return None  # the prepare says what is wrong with it
+        return stat.st_size if S_ISREG(stat.st_mode) else None
+    return None
 
 
 def _snapshot(data: StoreInput) -> StoreInput:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -142,17 +143,24 @@ class Committer:
     def submit(self, prepared: Prepared) -> Future[StoreResult]:
         """Queue ``prepared``; from here on its stream, if any, is the
         committer's to register or remove."""
-        job = _Job(prepared)
+        return self.submit_all([prepared])[0]
+
+    def submit_all(self, items: Sequence[Prepared]
+                   ) -> list[Future[StoreResult]]:
+        """Queue ``items`` in order and at once: an idle committer takes
+        them as one batch (one commit, one set of syncs)."""
+        jobs = [_Job(prepared) for prepared in items]
         with self._cond:
             try:
                 self._check_open()
             except PacsstoreError:
-                if prepared.stream is not None:
-                    self._forget_stream(prepared.stream, stored=False)
+                for prepared in items:
+                    if prepared.stream is not None:
+                        self._forget_stream(prepared.stream, stored=False)
                 raise
-            self._queue.append(job)
+            self._queue.extend(jobs)
             self._cond.notify()
-        return job.future
+        return [job.future for job in jobs]
 
     def open_stream(self) -> StreamSegments:
         """Segments for a large instance the caller is about to read;

@@ -1,0 +1,133 @@
+"""store_many prepares small items in the caller's thread and commits
+them a chunk at a time (archive._Pipeline); large items go through the
+prepare pool. Whatever path each item takes, the caller's order decides
+the re-send policy, and a bad item raises only once every item before
+it is durable."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from pydicom.dataset import Dataset
+
+from pacsstore import Archive, MalformedDicomError
+from pacsstore.store import archive as archive_module
+from pacsstore.synthetic import structured_reports
+
+
+def _encoded(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _reports(count: int, *, seed: int = 5, min_bytes: int = 2048,
+             max_bytes: int = 4096) -> list[bytes]:
+    return [_encoded(ds) for ds in structured_reports(
+        count, seed=seed, min_bytes=min_bytes, max_bytes=max_bytes)]
+
+
+def _versions_of_one_uid() -> tuple[bytes, bytes, bytes]:
+    """Three contents of one SOP Instance UID: small, large (past
+    SMALL_ITEM_BYTES, so prepared in the pool), small again."""
+    small = list(structured_reports(2, seed=8, min_bytes=2048,
+                                    max_bytes=4096))
+    large = next(structured_reports(1, seed=9, min_bytes=200_000,
+                                    max_bytes=200_001))
+    uid = small[0].SOPInstanceUID
+    for ds in (small[1], large):
+        ds.SOPInstanceUID = uid
+        ds.file_meta.MediaStorageSOPInstanceUID = uid
+    first, second, third = map(_encoded, (small[0], large, small[1]))
+    assert len(first) < archive_module.SMALL_ITEM_BYTES <= len(second)
+    assert len(third) < archive_module.SMALL_ITEM_BYTES
+    assert len({first, second, third}) == 3
+    return first, second, third
+
+
+def test_small_items_are_committed_a_chunk_per_batch(tmp_path):
+    items = _reports(300)
+    with Archive(tmp_path / "s") as archive:
+        results = archive.store_many(items)
+        batches = archive._committer.batches
+
+        assert [r.status for r in results] == ["stored"] * 300
+        # 256 and 44: each chunk is handed over whole, after the one
+        # before it committed, so it is one batch of its own.
+        assert batches == 2
+        for data, result in zip(items, results):
+            assert archive.get(result.sop_instance_uid) == data
+
+
+def test_small_files_by_path_take_the_same_chunks(tmp_path):
+    paths = []
+    for number, data in enumerate(_reports(20)):
+        path = tmp_path / f"{number}.dcm"
+        path.write_bytes(data)
+        paths.append(path)
+    with Archive(tmp_path / "s") as archive:
+        results = archive.store_many(paths)
+        assert archive._committer.batches == 1
+        assert [archive.get(r.sop_instance_uid) for r in results] == \
+            [p.read_bytes() for p in paths]
+
+
+def test_chunks_are_bounded_by_prepared_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(archive_module, "SMALL_CHUNK_BYTES", 1)
+    with Archive(tmp_path / "s") as archive:
+        archive.store_many(_reports(5))
+        assert archive._committer.batches == 5
+
+
+@pytest.mark.parametrize("order, kept", [
+    ((0, 1, 2), 2), ((1, 0), 0), ((0, 1), 1), ((2, 1, 0, 1), 1)])
+def test_the_last_of_mixed_sizes_is_kept_in_the_callers_order(
+        tmp_path, order, kept):
+    versions = _versions_of_one_uid()
+    with Archive(tmp_path / "s", on_conflict="replace") as archive:
+        results = archive.store_many([versions[i] for i in order])
+        assert [r.status for r in results] == \
+            ["stored"] + ["replaced"] * (len(order) - 1)
+        assert archive.get(results[0].sop_instance_uid) == versions[kept]
+        assert archive.stats().instances == 1
+
+
+def test_the_first_of_mixed_sizes_is_kept_in_the_callers_order(tmp_path):
+    versions = _versions_of_one_uid()
+    with Archive(tmp_path / "s", on_conflict="keep-first") as archive:
+        results = archive.store_many([versions[1], versions[0]])
+        assert [r.status for r in results] == ["stored", "kept-first"]
+        assert archive.get(results[0].sop_instance_uid) == versions[1]
+
+
+def test_a_bad_small_item_raises_once_the_items_before_are_durable(
+        tmp_path):
+    large = next(structured_reports(1, seed=11, min_bytes=200_000,
+                                    max_bytes=200_001))
+    good = [_encoded(large), *_reports(3)]
+    read = []
+
+    def items():
+        for item in (*good, b"DICM is not where a file starts", *_reports(
+                2, seed=12)):
+            read.append(item)
+            yield item
+
+    with Archive(tmp_path / "s") as archive:
+        with pytest.raises(MalformedDicomError):
+            archive.store_many(items())
+        assert len(read) == len(good) + 1, "items after the bad one read"
+        stored = {r["SOPInstanceUID"] for r in archive.find("instance")}
+        assert len(stored) == len(good)
+        assert sorted(archive.get(uid) for uid in stored) == sorted(good)
+
+
+def test_skip_invalid_reports_a_bad_small_item_in_its_place(tmp_path):
+    items = [*_reports(2), b"not DICOM at all", *_reports(2, seed=13)]
+    with Archive(tmp_path / "s") as archive:
+        results = archive.store_many(items, skip_invalid=True)
+        assert [r.status for r in results] == \
+            ["stored", "stored", "rejected", "stored", "stored"]
+        assert results[2].error
+        assert archive.stats().instances == 4
