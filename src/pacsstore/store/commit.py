@@ -44,6 +44,7 @@ from __future__ import annotations
 import collections
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -65,6 +66,12 @@ from pacsstore.store.results import StoreResult
 from pacsstore.store.segments import SegmentWriter, StreamSegments
 
 log = logging.getLogger(__name__)
+
+# Seconds a batch waits at most for announced instances to join it.
+# Four associations storing CT slices at once (400 in all), medians of
+# four interleaved runs: no wait 174 MB/s in 1.5 instances a commit,
+# 2 ms 189 MB/s (2.2 a commit), 4 ms 194 MB/s (3.0 a commit).
+ANNOUNCED_WAIT = 0.004
 
 LOGICAL_BYTES = "logical_bytes"
 DEDUP_SAVED = "dedup_saved_bytes"
@@ -123,6 +130,8 @@ class Committer:
         # (a rollback that itself failed): the segments may then be out
         # of step with the index, so nothing more is accepted.
         self._broken: BaseException | None = None
+        # Instances callers announced and are preparing (announce).
+        self._announced = 0
         self.batches = 0
         self._thread = threading.Thread(
             target=self._run, name="pacsstore-committer", daemon=True)
@@ -140,17 +149,34 @@ class Committer:
                 f"the store at {self._writer.directory.parent} is "
                 f"closed; open a new Archive to store")
 
-    def submit(self, prepared: Prepared) -> Future[StoreResult]:
+    def announce(self) -> None:
+        """A caller starts preparing one instance that it will submit
+        with ``announced=True`` (or ``withdraw``): a batch about to
+        commit waits a little for it (``_wait_for_announced``)."""
+        with self._cond:
+            self._announced += 1
+
+    def withdraw(self) -> None:
+        """The announced instance will not be submitted."""
+        with self._cond:
+            self._announced -= 1
+            self._cond.notify_all()
+
+    def submit(self, prepared: Prepared, *,
+               announced: bool = False) -> Future[StoreResult]:
         """Queue ``prepared``; from here on its stream, if any, is the
         committer's to register or remove."""
-        return self.submit_all([prepared])[0]
+        return self.submit_all([prepared], announced=announced)[0]
 
-    def submit_all(self, items: Sequence[Prepared]
-                   ) -> list[Future[StoreResult]]:
+    def submit_all(self, items: Sequence[Prepared], *,
+                   announced: bool = False) -> list[Future[StoreResult]]:
         """Queue ``items`` in order and at once: an idle committer takes
-        them as one batch (one commit, one set of syncs)."""
+        them as one batch (one commit, one set of syncs). ``announced``:
+        they are the instance an ``announce`` was for."""
         jobs = [_Job(prepared) for prepared in items]
         with self._cond:
+            if announced:
+                self._announced -= 1
             try:
                 self._check_open()
             except PacsstoreError:
@@ -207,6 +233,7 @@ class Committer:
                     self._cond.wait()
                 if not self._queue:
                     return
+                self._wait_for_announced()
                 batch = list(self._queue)
                 self._queue.clear()
             try:
@@ -214,6 +241,26 @@ class Committer:
             except BaseException as exc:  # noqa: BLE001
                 self._stop_broken(batch, exc)
                 return
+
+    def _wait_for_announced(self) -> None:
+        """Let instances being prepared by other callers join the batch,
+        for at most ``ANNOUNCED_WAIT``. Called holding ``_cond``.
+
+        Each caller of ``store()`` or ``store_received`` waits for its
+        own commit, so with several at once (associations of the node)
+        a batch mostly took the one or two that were ready, and the
+        others paid a commit, and its syncs, of their own a moment
+        later. Waiting for them trades a little latency for fewer
+        syncs. A caller alone is never kept waiting: its announcement
+        ends in the same step as its own submit."""
+        if not self._announced:
+            return
+        deadline = time.monotonic() + ANNOUNCED_WAIT
+        while self._announced and not self._closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._cond.wait(remaining)
 
     def _stop_broken(self, batch: list[_Job], exc: BaseException) -> None:
         """Fail every waiting caller instead of leaving them blocked on
