@@ -11,7 +11,7 @@ import io
 import pytest
 from pydicom.dataset import Dataset
 
-from pacsstore import Archive, MalformedDicomError
+from pacsstore import Archive, MalformedDicomError, NotStorableError
 from pacsstore.store import archive as archive_module
 from pacsstore.synthetic import structured_reports
 
@@ -131,3 +131,58 @@ def test_skip_invalid_reports_a_bad_small_item_in_its_place(tmp_path):
             ["stored", "stored", "rejected", "stored", "stored"]
         assert results[2].error
         assert archive.stats().instances == 4
+
+
+def test_a_bad_pool_item_raises_before_a_chunk_of_later_items_is_read(
+        tmp_path):
+    """A path that cannot be read goes to the pool; the small items after
+    it are read no further ahead of it than the pool path reads."""
+    read = []
+
+    def items():
+        yield tmp_path / "missing.dcm"
+        for item in _reports(300, seed=14):
+            read.append(item)
+            yield item
+
+    with Archive(tmp_path / "s") as archive:
+        with pytest.raises(NotStorableError, match="missing.dcm"):
+            archive.store_many(items())
+        assert len(read) <= archive_module.READ_AHEAD
+        assert archive.stats().instances == 0
+
+
+@pytest.mark.parametrize("large_first", [False, True])
+def test_when_the_iterable_fails_the_items_read_before_are_stored(
+        tmp_path, large_first):
+    reports = _reports(40, seed=15)
+    large = _encoded(next(structured_reports(1, seed=16, min_bytes=200_000,
+                                             max_bytes=200_001)))
+    before = ([large] if large_first else []) + reports
+
+    def items():
+        yield from before
+        raise RuntimeError("the source of the items failed")
+
+    with Archive(tmp_path / "s") as archive:
+        with pytest.raises(RuntimeError, match="source of the items"):
+            archive.store_many(items())
+        stored = {r["SOPInstanceUID"] for r in archive.find("instance")}
+        assert len(stored) == len(before)
+        assert sorted(archive.get(uid) for uid in stored) == sorted(before)
+
+
+def test_unreadable_paths_and_datasets_are_rejected_in_their_place(
+        tmp_path):
+    unwritable = Dataset()  # no file meta: pydicom cannot encode it
+    unwritable.PatientName = "Doe^Jane"
+    reports = _reports(2, seed=17)
+    items = [reports[0], str(tmp_path / "a\0b.dcm"), unwritable, reports[1]]
+    with Archive(tmp_path / "s") as archive:
+        results = archive.store_many(items, skip_invalid=True)
+        assert [r.status for r in results] == \
+            ["stored", "rejected", "rejected", "stored"]
+        assert "null byte" in results[1].error
+        assert "Part 10" in results[2].error
+        with pytest.raises(NotStorableError, match="null byte"):
+            archive.store(str(tmp_path / "a\0b.dcm"))

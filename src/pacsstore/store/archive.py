@@ -105,6 +105,9 @@ PREPARE_WORKERS = max(2, min(8, os.cpu_count() or 2))
 # slice of 65 KiB took 503 µs through the pool and 334 µs here, one of
 # 129 KiB 653 and 620 µs, one of 177 KiB 627 and 715 µs.
 SMALL_ITEM_BYTES = 128 << 10
+# Items store_many reads ahead of the oldest it has not yet handed to the
+# committer, while that one is still being prepared on the pool.
+READ_AHEAD = 2 * PREPARE_WORKERS
 # store() and store_received announce an instance smaller than this to
 # the committer (Committer.announce): its prepare takes no longer than
 # a batch waits for it (about 1.7 ms for a CT slice of 512 KiB, alone
@@ -392,6 +395,8 @@ class Archive:
         except OSError as exc:
             raise NotStorableError(
                 f"cannot read {name!r}: {exc.strerror}") from None
+        except ValueError as exc:  # a NUL in the path
+            raise NotStorableError(f"cannot read {name!r}: {exc}") from None
         try:
             stat = os.fstat(fd)
             plan = None
@@ -466,7 +471,8 @@ class Archive:
         item raises, after every item before it is durable; items after
         it that were already handed to the committer complete as well
         (store them again to learn their results: a re-send is
-        idempotent), later ones are not read.
+        idempotent), later ones are not read. When the iterable itself
+        raises, the items read before are stored, then it is raised.
         """
         return _Pipeline(self, skip_invalid).run(items)
 
@@ -644,22 +650,16 @@ class _Pipeline:
                                 thread_name_prefix="pacsstore-prepare"
                                 ) as pool:
             try:
-                for item in items:
-                    position = len(self.results)
-                    self.results.append(None)
-                    # Snapshot caller-owned buffers here, before the
-                    # loop asks the iterable for the next item.
-                    item = _snapshot(item)
+                for position, item in self._read(items):
                     if self._is_small(item):
                         self._prepare_here(position, item)
                         continue
                     self._hand_on_held()
                     self.preparing.append(
                         (position, pool.submit(self.archive._prepare, item)))
-                    while len(self.preparing) > 2 * PREPARE_WORKERS:
+                    while len(self.preparing) > READ_AHEAD:
                         self._forward_oldest()
-                self._forward_all()
-                self._hand_on_held()
+                self._hand_on_read()
             finally:
                 for _position, future in self.preparing:
                     future.cancel()
@@ -671,18 +671,62 @@ class _Pipeline:
                 self._drain()
         return [r for r in self.results if r is not None]
 
+    def _read(self, items: Iterable[StoreInput]
+              ) -> Iterator[tuple[int, StoreInput]]:
+        """The items with their positions, each snapshotted before the
+        iterable is asked for the next (a caller may refill a buffer).
+        An item that cannot be snapshotted (a Dataset pydicom cannot
+        encode) is rejected in its place. When the iterable itself
+        fails, the items read before are stored first, as if it had
+        ended there, and then its exception is raised."""
+        iterator = iter(items)
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            except BaseException as failure:
+                self._hand_on_read_before(failure)
+                raise
+            position = len(self.results)
+            self.results.append(None)
+            try:
+                snapshot = _snapshot(item)
+            except _ITEM_ERRORS as exc:
+                self._hand_on_read()
+                self._reject(position, exc, None)
+                continue
+            yield position, snapshot
+
+    def _hand_on_read_before(self, failure: BaseException) -> None:
+        try:
+            self._hand_on_read()
+        except Exception as exc:  # noqa: BLE001 - noted on the failure
+            failure.add_note(f"storing the items read before it stopped "
+                             f"at: {exc!r}")
+
+    def _hand_on_read(self) -> None:
+        """Hand on every item read so far, in order."""
+        self._forward_all()
+        self._hand_on_held()
+
     def _is_small(self, item: StoreInput) -> bool:
         size = _size_of(item)
         return size is not None and size < self.small_below
 
     def _prepare_here(self, position: int, item: StoreInput) -> None:
+        # While large items before it are still being prepared, read no
+        # further ahead of them than the pool path does: one of them may
+        # be bad, and raising should not wait for a whole chunk.
+        while self.preparing and \
+                len(self.preparing) + len(self.held) >= READ_AHEAD:
+            self._forward_oldest()
         try:
             prepared = self.archive._prepare(item)
         except _ITEM_ERRORS as exc:
             # Everything before the bad item is handed on first, so that
             # raising leaves it durable.
-            self._forward_all()
-            self._hand_on_held()
+            self._hand_on_read()
             self._reject(position, exc, None)
             return
         self.held.append((position, prepared))
@@ -783,6 +827,9 @@ def _as_bytes(data: StoreInput) -> bytes | memoryview:
         except OSError as exc:
             raise NotStorableError(
                 f"cannot read {os.fspath(data)!r}: {exc.strerror}") from None
+        except ValueError as exc:  # a NUL in the path
+            raise NotStorableError(
+                f"cannot read {os.fspath(data)!r}: {exc}") from None
     raise NotStorableError(
         f"store() takes bytes, a path or a pydicom Dataset; found "
         f"{type(data).__name__}")
