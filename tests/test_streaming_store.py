@@ -398,6 +398,49 @@ def test_store_many_removes_streams_it_never_sent(tmp_path):
                          for r, p in zip(results, large)})
 
 
+def test_closing_from_inside_store_many_with_a_stream_not_yet_sent(
+        tmp_path):
+    """The iterable closes the store while a streamed item it yielded is
+    prepared but not handed on: close used to wait for that stream, which
+    only the closing thread itself could hand on, for ever."""
+    large = _multiframe(tmp_path / "large.dcm", 20)
+    small = [_multiframe(tmp_path / f"small-{i}.dcm", 1, seed=30 + i)
+             for i in range(2)]
+    store = tmp_path / "store"
+    archive = Archive(store, stream_threshold=0)
+    streamed = threading.Event()
+    original = archive._preparer.prepare_stream
+
+    def prepare_stream(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        finally:
+            streamed.set()
+    archive._preparer.prepare_stream = prepare_stream
+
+    def items():
+        yield large
+        assert streamed.wait(30)
+        yield small[0]
+        archive.close()
+        yield small[1]
+
+    outcome: dict[str, BaseException] = {}
+
+    def run() -> None:
+        try:
+            archive.store_many(items())
+        except BaseException as exc:  # noqa: BLE001 - checked below
+            outcome["error"] = exc
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive(), "store_many hung in close"
+    assert isinstance(outcome.get("error"), ArchiveClosedError)
+    assert not list((store / "segments").glob(f"*{segments.STREAM_SUFFIX}"))
+    _check_store(store, {})
+
+
 @pytest.mark.parametrize("value", [-1, 1.5, "big", True])
 def test_stream_threshold_must_be_a_byte_count(tmp_path, value):
     with pytest.raises(StoreConfigError, match="stream_threshold"):

@@ -409,10 +409,12 @@ class Archive:
             committer = self._writer()
             stream = committer.open_stream()
             try:
-                return self._preparer.prepare_stream(fd, plan, stream)
+                prepared = self._preparer.prepare_stream(fd, plan, stream)
             except BaseException:
                 committer.abandon(stream)
                 raise
+            committer.written(stream)
+            return prepared
         finally:
             os.close(fd)
 

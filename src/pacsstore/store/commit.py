@@ -126,6 +126,8 @@ class Committer:
         # Streams being written by callers, or queued with their batch:
         # close() waits for each to be committed or removed.
         self._streams: set[StreamSegments] = set()
+        # Those of them written whole, not yet submitted (written).
+        self._written: set[StreamSegments] = set()
         # Set when the thread met an error it cannot hand to one batch
         # (a rollback that itself failed): the segments may then be out
         # of step with the index, so nothing more is accepted.
@@ -197,6 +199,14 @@ class Committer:
             self._streams.add(stream)
             return stream
 
+    def written(self, stream: StreamSegments) -> None:
+        """The caller has written its whole instance into ``stream`` and
+        has yet to submit it."""
+        with self._cond:
+            if stream in self._streams:
+                self._written.add(stream)
+                self._cond.notify_all()
+
     def abandon(self, stream: StreamSegments) -> None:
         """Remove a stream that will not be submitted (its file failed)."""
         with self._cond:
@@ -210,12 +220,14 @@ class Committer:
         else:
             stream.discard()
         self._streams.discard(stream)
+        self._written.discard(stream)
         self._cond.notify_all()
 
     def close(self) -> None:
         """Commit what is pending, then stop the thread. Streams still
         being read are cancelled; close waits until each is committed
-        or removed, so no segment is written after the lock is gone."""
+        or removed, so no segment is written after the lock is gone.
+        Streams written whole but never submitted are removed."""
         with self._cond:
             self._closing = True
             for stream in self._streams:
@@ -223,8 +235,16 @@ class Committer:
             self._cond.notify_all()
         self._thread.join()
         with self._cond:
-            while self._streams and self._broken is None:
+            # A stream still being written ends in a submit or an abandon.
+            # One written whole but not submitted may be held by the very
+            # thread that is closing (store_many's iterable closed the
+            # store), which would then wait for itself; it holds nothing
+            # acknowledged, so it is removed here.
+            while self._streams - self._written and self._broken is None:
                 self._cond.wait()
+            if self._broken is None:
+                for stream in list(self._streams):
+                    self._forget_stream(stream, stored=False)
 
     def _run(self) -> None:
         while True:
