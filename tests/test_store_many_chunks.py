@@ -186,3 +186,38 @@ def test_unreadable_paths_and_datasets_are_rejected_in_their_place(
         assert "Part 10" in results[2].error
         with pytest.raises(NotStorableError, match="null byte"):
             archive.store(str(tmp_path / "a\0b.dcm"))
+
+
+def _large_reports(count: int, seed: int) -> list[bytes]:
+    return [_encoded(ds) for ds in structured_reports(
+        count, seed=seed, min_bytes=200_000, max_bytes=300_000)]
+
+
+@pytest.mark.parametrize("case", ["clean", "bad item", "skipped bad item",
+                                  "iterable fails"])
+def test_pool_items_are_announced_and_none_stays_announced(tmp_path, case):
+    """Items on the prepare pool are announced to the committer (a batch
+    waits a little for them); whatever way store_many ends, none is left
+    announced, or every later batch would wait for it."""
+    large = _large_reports(6, seed=18)
+    items: list = list(large)
+    if case in ("bad item", "skipped bad item"):
+        items.insert(3, tmp_path / "missing.dcm")
+
+    def iterate():
+        yield from items
+        if case == "iterable fails":
+            raise RuntimeError("the source of the items failed")
+
+    with Archive(tmp_path / "s") as archive:
+        if case == "clean":
+            archive.store_many(iterate())
+        elif case == "skipped bad item":
+            results = archive.store_many(iterate(), skip_invalid=True)
+            assert [r.status for r in results].count("rejected") == 1
+        else:
+            with pytest.raises((NotStorableError, RuntimeError)):
+                archive.store_many(iterate())
+        assert archive._committer._announced == 0
+        stored = archive.stats().instances
+        assert stored == (3 if case == "bad item" else 6)
