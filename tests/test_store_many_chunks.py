@@ -221,3 +221,28 @@ def test_pool_items_are_announced_and_none_stays_announced(tmp_path, case):
         assert archive._committer._announced == 0
         stored = archive.stats().instances
         assert stored == (3 if case == "bad item" else 6)
+
+
+class _Interrupt(BaseException):
+    """Stands for a KeyboardInterrupt, which would stop pytest itself."""
+
+
+def test_the_iterables_own_error_is_what_the_caller_gets(tmp_path):
+    """An item handed on before the iterable fails may fail too (here a
+    conflict); the caller still gets the iterable's error."""
+    first, second = _reports(2, seed=19)
+    conflicting = next(structured_reports(1, seed=19, min_bytes=2048,
+                                          max_bytes=4096))
+    conflicting.PatientName = "Other^Name"
+
+    def items():
+        yield second
+        yield _encoded(conflicting)  # the UID of ``first``, other content
+        raise _Interrupt
+
+    with Archive(tmp_path / "s") as archive:
+        archive.store(first)
+        with pytest.raises(_Interrupt):
+            archive.store_many(items())
+        assert archive.get(archive.store(second).sop_instance_uid) == second
+        assert archive.stats().instances == 2

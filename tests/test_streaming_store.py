@@ -441,6 +441,50 @@ def test_closing_from_inside_store_many_with_a_stream_not_yet_sent(
     _check_store(store, {})
 
 
+class _Interrupt(BaseException):
+    """Stands for a KeyboardInterrupt, which would stop pytest itself."""
+
+
+def test_an_interrupt_while_waiting_on_a_stream_leaves_no_stream(tmp_path):
+    """store_many interrupted while it waits for a streamed item still
+    being prepared: the stream is removed once its prepare is done, not
+    kept until the store closes."""
+    large = _multiframe(tmp_path / "large.dcm", 20)
+    store = tmp_path / "store"
+    archive = Archive(store, stream_threshold=0)
+    entered, release = threading.Event(), threading.Event()
+    original = archive._preparer.prepare_stream
+
+    def prepare_stream(*args, **kwargs):
+        entered.set()
+        assert release.wait(30)
+        return original(*args, **kwargs)
+    archive._preparer.prepare_stream = prepare_stream
+
+    def interrupt(signum, frame):
+        raise _Interrupt
+    main = threading.get_ident()
+
+    def interrupter() -> None:
+        assert entered.wait(30)
+        signal.pthread_kill(main, signal.SIGUSR1)
+        threading.Timer(0.2, release.set).start()
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        threading.Thread(target=interrupter, daemon=True).start()
+        with pytest.raises(_Interrupt):
+            archive.store_many([large])
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        release.set()
+    assert not archive._committer._streams
+    assert not list((store / "segments").glob(f"*{segments.STREAM_SUFFIX}"))
+    assert archive._committer._announced == 0
+    archive.close()
+    _check_store(store, {})
+
+
 @pytest.mark.parametrize("value", [-1, 1.5, "big", True])
 def test_stream_threshold_must_be_a_byte_count(tmp_path, value):
     with pytest.raises(StoreConfigError, match="stream_threshold"):

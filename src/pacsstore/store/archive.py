@@ -105,6 +105,8 @@ PREPARE_WORKERS = max(2, min(8, os.cpu_count() or 2))
 # slice of 65 KiB took 503 µs through the pool and 334 µs here, one of
 # 129 KiB 653 and 620 µs, one of 177 KiB 627 and 715 µs.
 SMALL_ITEM_BYTES = 128 << 10
+SMALL_CHUNK_ITEMS = 256
+SMALL_CHUNK_BYTES = 16 << 20
 # Items store_many reads ahead of the oldest it has not yet handed to the
 # committer, while that one is still being prepared on the pool.
 READ_AHEAD = 2 * PREPARE_WORKERS
@@ -113,8 +115,6 @@ READ_AHEAD = 2 * PREPARE_WORKERS
 # a batch waits for it (about 1.7 ms for a CT slice of 512 KiB, alone
 # on a core), so a batch never waits out its time for a large one.
 ANNOUNCE_BELOW_BYTES = 1 << 20
-SMALL_CHUNK_ITEMS = 256
-SMALL_CHUNK_BYTES = 16 << 20
 
 StoreInput = Union[bytes, bytearray, memoryview, str, os.PathLike, Dataset]
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
@@ -657,23 +657,40 @@ class _Pipeline:
                         self._prepare_here(position, item)
                         continue
                     self._hand_on_held()
-                    self.preparing.append(
-                        (position, pool.submit(self.archive._prepare, item)))
-                    self.committer.announce()  # see _forward_oldest
+                    self._prepare_on(pool, position, item)
                     while len(self.preparing) > READ_AHEAD:
                         self._forward_oldest()
                 self._hand_on_read()
-            finally:
-                for _position, future in self.preparing:
-                    self.committer.withdraw()
-                    future.cancel()
-                    future.add_done_callback(self._abandon_unsent)
-                for _position, prepared in self.held:
-                    if prepared.stream is not None:  # a file that grew
-                        self.committer.abandon(prepared.stream)
-                self.held.clear()
-                self._drain()
+            except BaseException:
+                # What stopped the loop (a bad item, the iterable's own
+                # error, an interrupt) is what the caller gets; the items
+                # already handed on still complete, their errors unsaid.
+                self._stop()
+                self._drain(quiet=True)
+                raise
+            self._drain()
         return [r for r in self.results if r is not None]
+
+    def _prepare_on(self, pool: ThreadPoolExecutor, position: int,
+                    item: StoreInput) -> None:
+        preparing = pool.submit(self.archive._prepare, item)
+        # A batch about to commit waits a little for items still being
+        # prepared (Committer.announce): the batches of the CT study
+        # went from 2.5 instances to 9.5.
+        self.committer.announce()
+        preparing.add_done_callback(self._prepared)
+        self.preparing.append((position, preparing))
+
+    def _stop(self) -> None:
+        """Drop what was read but not handed on, and its streams."""
+        for _position, future in self.preparing:
+            future.cancel()
+            future.add_done_callback(self._abandon_unsent)
+        self.preparing.clear()
+        for _position, prepared in self.held:
+            if prepared.stream is not None:  # a file that grew
+                self.committer.abandon(prepared.stream)
+        self.held.clear()
 
     def _read(self, items: Iterable[StoreInput]
               ) -> Iterator[tuple[int, StoreInput]]:
@@ -755,6 +772,10 @@ class _Pipeline:
         while self.inflight_bytes > self.archive._max_inflight:
             self._settle_oldest()
 
+    def _prepared(self, future: Future[Prepared]) -> None:
+        """Done (or cancelled): the committer need wait for it no more."""
+        self.committer.withdraw()
+
     def _abandon_unsent(self, future: Future[Prepared]) -> None:
         """An item prepared but never handed on (an earlier one failed):
         the segments it streamed into are removed."""
@@ -773,17 +794,16 @@ class _Pipeline:
         position, preparing = self.preparing.popleft()
         try:
             prepared = preparing.result()
-        except BaseException as exc:
-            self.committer.withdraw()
-            if isinstance(exc, _ITEM_ERRORS):
-                self._reject(position, exc, None)
-                return
+        except _ITEM_ERRORS as exc:
+            self._reject(position, exc, None)
+            return
+        except BaseException:
+            # Interrupted while it is still being prepared: its stream,
+            # if any, goes once it is done.
+            preparing.add_done_callback(self._abandon_unsent)
             raise
         cost = prepared.held_bytes
-        # Announced when it went to the pool: a batch about to commit
-        # waits a little for items still being prepared, which made the
-        # batches of the CT study 9.5 instances instead of 2.5.
-        future = self.committer.submit(prepared, announced=True)
+        future = self.committer.submit(prepared)
         self.inflight.append((position, future, cost))
         self.inflight_bytes += cost
         while self.inflight_bytes > self.archive._max_inflight:
@@ -809,16 +829,17 @@ class _Pipeline:
             bytes_written=0, bytes_deduplicated=0, frames=0,
             error=str(exc))
 
-    def _drain(self) -> None:
+    def _drain(self, *, quiet: bool = False) -> None:
         """Wait for everything in flight; the first error (if any and not
-        skipped) is raised after all of it is settled."""
+        skipped) is raised after all of it is settled, unless ``quiet``
+        (another error is already on its way to the caller)."""
         first: BaseException | None = None
         while self.inflight:
             try:
                 self._settle_oldest()
             except BaseException as exc:  # noqa: BLE001 - re-raised below
                 first = first or exc
-        if first is not None:
+        if first is not None and not quiet:
             raise first
 
 

@@ -270,9 +270,10 @@ class Committer:
         own commit, so with several at once (associations of the node)
         a batch mostly took the one or two that were ready, and the
         others paid a commit, and its syncs, of their own a moment
-        later. Waiting for them trades a little latency for fewer
-        syncs. A caller alone is never kept waiting: its announcement
-        ends in the same step as its own submit."""
+        later; store_many's pool hands items over as they are done, so
+        its batches were as small. Waiting for them trades a little
+        latency for fewer syncs. A caller alone is never kept waiting:
+        its announcement ends in the same step as its own submit."""
         if not self._announced:
             return
         deadline = time.monotonic() + ANNOUNCED_WAIT
