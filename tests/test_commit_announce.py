@@ -140,7 +140,12 @@ def test_closing_does_not_wait_for_announced_instances(tmp_path, long_wait):
         assert held.entered.wait(_GUARD)
         sooner = pool.submit(archive.store, first)
         _until(lambda: _committer_waiting(archive))
-        archive.close()
+        # close joins the committer: had closing not ended its wait,
+        # close would still be waiting (ANNOUNCED_WAIT) after the guard.
+        closer = threading.Thread(target=archive.close, daemon=True)
+        closer.start()
+        closer.join(_GUARD)
+        assert not closer.is_alive()
         assert sooner.result(_GUARD).status == "stored"
         held.release.set()
         with pytest.raises(ArchiveClosedError):
@@ -157,7 +162,12 @@ def test_a_large_instance_is_not_announced(tmp_path, long_wait,
         held = _HeldPrepare(archive, second.__eq__)
         later = pool.submit(archive.store, second)
         assert held.entered.wait(_GUARD)
-        assert archive.store(first).status == "stored"
+        assert archive._committer._announced == 0
+        # Committed while the other is still held: had it been announced,
+        # this would wait ANNOUNCED_WAIT (longer than the guard) first.
+        assert pool.submit(archive.store, first).result(_GUARD).status == \
+            "stored"
+        assert archive._committer.batches == 1
         held.release.set()
         assert later.result(_GUARD).status == "stored"
         assert archive._committer.batches == 2
