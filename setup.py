@@ -17,10 +17,12 @@ NATIVE_MODULES = {
     "pacsstore._filters": "src/_native/filters.pyx",
     "pacsstore._assemble": "src/_native/assemble.pyx",
 }
-# System libraries each module links, besides zlib: the file assembly
-# decodes planes16 blocks with libzstd and hashes them with OpenSSL's
-# libcrypto (scripts/setup.sh installs their headers).
-LIBRARIES = {"pacsstore._assemble": ["zstd", "crypto"]}
+# System libraries each module links, besides zlib: the filters encode
+# planes16 blocks with libzstd, the file assembly decodes them with it and
+# hashes them with OpenSSL's libcrypto (scripts/setup.sh installs their
+# headers).
+LIBRARIES = {"pacsstore._filters": ["zstd"],
+             "pacsstore._assemble": ["zstd", "crypto"]}
 
 
 def _compile_flags() -> tuple[list[str], list[str]]:

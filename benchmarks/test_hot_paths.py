@@ -19,7 +19,7 @@ import zstandard
 
 from pacsstore import Archive
 from pacsstore.parsing import read_header
-from pacsstore.store import blocks, layout
+from pacsstore.store import blocks, filters, layout
 from pacsstore.synthetic import (SCANNER_NOISE, ct_series,
                                  multiframe_frames, write_multiframe)
 
@@ -81,23 +81,35 @@ def test_digest_frame(benchmark, frame):
 
 
 # How a 16-bit native frame is kept: plain zstd (the store's codec before
-# the pre-filter, and still that of 8-bit frames), the planes16
-# pre-filter in front of zstd at level 3, and the same with the planes
-# compressor (what the store now chooses for it).
-CODECS = {"zstd": (1, blocks.Codec.ZSTD, False),
-          "planes16-level3": (2, blocks.Codec.PLANES16_ZSTD, False),
-          "planes16": (2, blocks.Codec.PLANES16_ZSTD, True)}
+# the pre-filter, and still that of 8-bit frames), the planes16 filter
+# then one zstd frame of its planes (block version 2, still read), and
+# each plane a zstd frame of its own (what the store now writes).
+CODECS = ("zstd", "planes16-one-frame", "planes16")
+
+
+def _code(codec: str, frame: bytes) -> blocks.EncodedBlock:
+    compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
+    if codec == "zstd":
+        return blocks.encode(blocks.Kind.FRAME, frame, compressor=compressor)
+    if codec == "planes16":
+        return blocks.encode(blocks.Kind.FRAME, frame, compressor=compressor,
+                             sample_bytes=2,
+                             planes_encoder=blocks.planes16_encoder(3))
+    coded = blocks.Coded(blocks.Codec.PLANES16_ZSTD,
+                         compressor.compress(filters.planes16(frame)))
+    return blocks.seal(blocks.Kind.FRAME, blocks.digest(frame), len(frame),
+                       coded)
+
+
+EXPECTED_CODEC = {"zstd": blocks.Codec.ZSTD,
+                  "planes16-one-frame": blocks.Codec.PLANES16_ZSTD,
+                  "planes16": blocks.Codec.PLANES16_ZSTD_PER_PLANE}
 
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_compress_frame(benchmark, frame, codec):
-    sample_bytes, expected, tuned = CODECS[codec]
-    compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
-    planes = blocks.planes16_compressor(3) if tuned else None
-    block = benchmark(blocks.encode, blocks.Kind.FRAME, frame,
-                      compressor=compressor, sample_bytes=sample_bytes,
-                      planes_compressor=planes)
-    assert block.codec is expected
+    block = benchmark(_code, codec, frame)
+    assert block.codec is EXPECTED_CODEC[codec]
     assert len(block.payload) < len(frame)
     header = blocks.parse_header(block.header, "memory")
     assert blocks.decode(header, block.header, block.payload,
@@ -106,13 +118,9 @@ def test_compress_frame(benchmark, frame, codec):
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_decode_frame(benchmark, frame, codec):
-    sample_bytes, expected, tuned = CODECS[codec]
-    compressor = zstandard.ZstdCompressor(level=3, write_content_size=True)
-    planes = blocks.planes16_compressor(3) if tuned else None
-    block = blocks.encode(blocks.Kind.FRAME, frame, compressor=compressor,
-                          sample_bytes=sample_bytes, planes_compressor=planes)
+    block = _code(codec, frame)
     header = blocks.parse_header(block.header, "memory")
-    assert header.codec is expected
+    assert header.codec is EXPECTED_CODEC[codec]
     content = benchmark(blocks.decode, header, block.header, block.payload,
                         "memory")
     assert content == frame

@@ -1,5 +1,7 @@
-"""The planes16 pre-filter and the PLANES16_ZSTD codec: exact inversion
-on any bytes, real frames through a store, old stores, unknown codecs."""
+"""The planes16 pre-filter and its codecs (PLANES16_ZSTD_PER_PLANE
+written, PLANES16_ZSTD read): exact inversion on any bytes, the
+per-plane encoder, real frames through a store, old stores, unknown
+codecs."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 
 from pacsstore import Archive, CorruptStoreError, NewerFormatError, \
     rebuild_index, synthetic
+from pacsstore._filters import PlanesEncoder
 from pacsstore.store import blocks, filters, prepare
 from pacsstore.store.blocks import Codec, Kind
 from pacsstore.store.segments import segment_path
@@ -91,7 +94,7 @@ def test_smooth_samples_of_every_even_length_round_trip(length):
     block = blocks.encode(Kind.FRAME, content, compressor=COMPRESSOR,
                           sample_bytes=2)
     if length >= 256:
-        assert block.codec is Codec.PLANES16_ZSTD
+        assert block.codec is Codec.PLANES16_ZSTD_PER_PLANE
     assert _roundtrip(content) == content
 
 
@@ -112,36 +115,106 @@ def test_corpus_frame_is_smaller_with_the_filter():
     plain = blocks.encode(Kind.FRAME, pixels, compressor=COMPRESSOR)
     filtered = blocks.encode(Kind.FRAME, pixels, compressor=COMPRESSOR,
                              sample_bytes=2)
-    assert filtered.codec is Codec.PLANES16_ZSTD
+    assert filtered.codec is Codec.PLANES16_ZSTD_PER_PLANE
     assert plain.codec is Codec.ZSTD
     assert len(filtered.payload) < len(plain.payload)
     assert filtered.digest == plain.digest == blocks.digest(pixels)
     assert _roundtrip(pixels) == pixels
 
 
-@pytest.mark.parametrize("level", [1, 2, 3, 4, 5, 9])
-def test_the_planes_compressor_of_every_level_reads_back(level):
-    """Its output is an ordinary zstd frame with the content size: the
-    block reads back through the one decoder, whatever the level."""
-    planes = blocks.planes16_compressor(level)
+def _frames_of(payload: bytes) -> list[bytes]:
+    """The content of each zstd frame of ``payload``, in order."""
+    decompressor = zstandard.ZstdDecompressor()
+    contents = []
+    while payload:
+        size = zstandard.frame_content_size(payload)
+        frame = decompressor.decompressobj()
+        contents.append(frame.decompress(payload))
+        assert len(contents[-1]) == size
+        payload = frame.unused_data
+    return contents
+
+
+def _native_pixels() -> list[bytes]:
+    frames = []
     for relpath in NATIVE_16:
         data = corpus_bytes(relpath)
-        pixels = data[-(len(data) // 4) * 2:]
+        frames.append(data[-(len(data) // 4) * 2:])
+    return frames
+
+
+@pytest.mark.parametrize("level", [1, 2, 3, 4, 5, 9])
+def test_each_plane_is_a_zstd_frame_of_its_own(level):
+    """At every level the payload is three ordinary zstd frames with
+    their content sizes: the high bytes, the high nibbles, the rest."""
+    encoder = blocks.planes16_encoder(level)
+    for pixels in _native_pixels():
+        planes = filters.planes16(pixels)
+        samples, pairs = len(pixels) // 2, (len(pixels) // 2 + 1) // 2
+        assert _frames_of(encoder.encode(pixels)) == [
+            planes[:samples], planes[samples:samples + pairs],
+            planes[samples + pairs:]]
         block = blocks.encode(Kind.FRAME, pixels, compressor=COMPRESSOR,
-                              sample_bytes=2, planes_compressor=planes)
-        assert block.codec is Codec.PLANES16_ZSTD
+                              sample_bytes=2, planes_encoder=encoder)
+        assert block.codec is Codec.PLANES16_ZSTD_PER_PLANE
         header = blocks.parse_header(block.header, "test")
         assert blocks.decode(header, block.header, block.payload,
                              "test") == pixels
 
 
+@given(st.binary(max_size=70_000), st.sampled_from([4096, 5000, 16384]))
+def test_planes_cut_into_blocks_read_back_any_bytes(content, block_size):
+    encoder = PlanesEncoder([{}, {"block_size": block_size},
+                             {"block_size": block_size}])
+    payload = encoder.encode(content)
+    assert b"".join(_frames_of(payload)) == filters.planes16(content)
+
+
+def test_a_frame_beyond_the_kept_buffers_encodes_too():
+    # 24 MiB of samples: the encoder's buffers for it are its own, for
+    # this call only.
+    content = np.arange(12 << 20, dtype="<u2").tobytes()
+    encoder = blocks.planes16_encoder(3)
+    payload = encoder.encode(content)
+    assert b"".join(_frames_of(payload)) == filters.planes16(content)
+    assert encoder.encode(content[:4096]) == \
+        blocks.planes16_encoder(3).encode(content[:4096])
+
+
+@pytest.mark.parametrize("setting, says", [
+    ({"hash_lg": 10}, "no zstd parameter named 'hash_lg'"),
+    ({"hash_log": 99}, "zstd refuses hash_log=99"),
+    ({"block_size": 1024}, "block_size must be from 4096 to 131072"),
+    ({"block_size": 1 << 20}, "block_size must be from 4096 to 131072"),
+])
+def test_a_setting_zstd_does_not_take_is_refused(setting, says):
+    with pytest.raises(ValueError, match=says):
+        PlanesEncoder([{}, setting, {}])
+    with pytest.raises(ValueError, match="one setting per plane"):
+        PlanesEncoder([{}, {}])
+
+
+def test_per_plane_frames_keep_less_of_a_ct_slice_than_one_frame(tmp_path):
+    """What the codec was chosen for, on the generator of the benchmarks'
+    CT study: fewer bytes than one frame of the planes at level 3 (the
+    codec before it), on each slice."""
+    one_frame = zstandard.ZstdCompressor(
+        compression_params=zstandard.ZstdCompressionParameters.from_level(
+            3, strategy=zstandard.STRATEGY_FAST, hash_log=14,
+            write_content_size=1))
+    encoder = blocks.planes16_encoder(3)
+    for path in synthetic.write_ct_series(tmp_path / "ct", 3, seed=5):
+        pixels = path.read_bytes()[-512 * 512 * 2:]
+        per_plane = len(encoder.encode(pixels))
+        assert per_plane < len(one_frame.compress(filters.planes16(pixels)))
+
+
 @pytest.mark.parametrize("level", [1, 3, 6])
-def test_an_archive_compresses_planes_with_the_planes_compressor(
+def test_an_archive_compresses_planes_with_the_encoder_of_its_level(
         tmp_path, level):
     path = synthetic.write_ct_series(tmp_path / "ct", 1, seed=21)[0]
     pixels = path.read_bytes()[-512 * 512 * 2:]
-    expected = blocks.planes16_compressor(level).compress(
-        filters.planes16(pixels))
+    expected = blocks.planes16_encoder(level).encode(pixels)
     with Archive(tmp_path / "store", compression_level=level) as archive:
         uid = archive.store(path).sop_instance_uid
         [name] = archive.record(uid)["blocks"]
@@ -151,7 +224,7 @@ def test_an_archive_compresses_planes_with_the_planes_compressor(
                       entry.segment).open("rb") as segment:
         segment.seek(entry.offset + blocks.HEADER_SIZE)
         payload = segment.read(entry.stored_length)
-    assert entry.codec == Codec.PLANES16_ZSTD
+    assert entry.codec == Codec.PLANES16_ZSTD_PER_PLANE
     assert payload == expected
 
 
@@ -159,7 +232,8 @@ def test_an_archive_compresses_planes_with_the_planes_compressor(
 def test_empty_and_odd_frames_are_not_filtered(content):
     block = blocks.encode(Kind.FRAME, content, compressor=COMPRESSOR,
                           sample_bytes=2)
-    assert block.codec is not Codec.PLANES16_ZSTD
+    assert block.codec not in (Codec.PLANES16_ZSTD,
+                               Codec.PLANES16_ZSTD_PER_PLANE)
     assert _roundtrip(content) == content
 
 
@@ -177,23 +251,44 @@ def test_an_unknown_sample_size_is_refused():
                       sample_bytes=4)
 
 
-def test_filtered_blocks_carry_version_2_plain_ones_version_1():
+def _one_frame_block(content: bytes) -> blocks.EncodedBlock:
+    """A block of ``content`` as writers of block version 2 made it: the
+    planes16 filter, then one zstd frame of the three planes."""
+    coded = blocks.Coded(Codec.PLANES16_ZSTD,
+                         COMPRESSOR.compress(filters.planes16(content)))
+    return blocks.seal(Kind.FRAME, blocks.digest(content), len(content),
+                       coded)
+
+
+def test_filtered_blocks_carry_the_version_of_their_codec():
     pixels = corpus_bytes(CT_SMALL)[-128 * 128 * 2:]
     filtered = blocks.encode(Kind.FRAME, pixels, compressor=COMPRESSOR,
                              sample_bytes=2)
     plain = blocks.encode(Kind.FRAME, pixels, compressor=COMPRESSOR)
-    assert filtered.header[VERSION_AT] == 2
+    assert filtered.header[VERSION_AT] == 3
+    assert _one_frame_block(pixels).header[VERSION_AT] == 2
     assert plain.header[VERSION_AT] == 1
 
 
-def test_a_version_1_reader_calls_a_filtered_block_newer(monkeypatch):
+@pytest.mark.parametrize("reader_version", [1, 2])
+def test_an_older_reader_calls_a_per_plane_block_newer(monkeypatch,
+                                                       reader_version):
     pixels = corpus_bytes(CT_SMALL)[-128 * 128 * 2:]
     block = blocks.encode(Kind.FRAME, pixels, compressor=COMPRESSOR,
                           sample_bytes=2)
-    # What a reader of format version 1 checks first.
-    monkeypatch.setattr(blocks, "BLOCK_FORMAT_VERSION", 1)
-    with pytest.raises(NewerFormatError, match="format version 2"):
+    # What a reader of an older block format checks first.
+    monkeypatch.setattr(blocks, "BLOCK_FORMAT_VERSION", reader_version)
+    with pytest.raises(NewerFormatError, match="format version 3"):
         blocks.parse_header(block.header, "test")
+
+
+def test_a_one_frame_planes_block_still_reads():
+    pixels = corpus_bytes(CT_SMALL)[-128 * 128 * 2:]
+    block = _one_frame_block(pixels)
+    header = blocks.parse_header(block.header, "test")
+    assert header.codec is Codec.PLANES16_ZSTD
+    assert blocks.decode(header, block.header, block.payload,
+                         "test") == pixels
 
 
 def _with_header_bytes(block, version: int, codec: int) -> bytes:
@@ -206,7 +301,7 @@ def _with_header_bytes(block, version: int, codec: int) -> bytes:
 def test_an_unknown_codec_from_a_newer_writer_is_newer_format():
     block = blocks.encode(Kind.FRAME, b"frame" * 100, compressor=COMPRESSOR)
     header = _with_header_bytes(block, blocks.BLOCK_FORMAT_VERSION + 1, 9)
-    with pytest.raises(NewerFormatError, match="reads up to 2"):
+    with pytest.raises(NewerFormatError, match="reads up to 3"):
         blocks.parse_header(header, "segment 1 offset 32")
 
 
@@ -215,7 +310,7 @@ def test_an_unknown_codec_under_a_known_version_is_corruption():
     header = _with_header_bytes(block, blocks.BLOCK_FORMAT_VERSION, 9)
     with pytest.raises(CorruptStoreError,
                        match="segment 1 offset 32 has unknown kind 2 or "
-                             "codec 9 for its format version 2"):
+                             "codec 9 for its format version 3"):
         blocks.parse_header(header, "segment 1 offset 32")
 
 
@@ -268,18 +363,18 @@ def test_corpus_frames_come_back_byte_exact_through_a_store(tmp_path):
             assert archive.get(uids[name]) == data, name
         for name in NATIVE_16:
             assert set(frame_codecs(archive, uids[name])) == \
-                {Codec.PLANES16_ZSTD}, name
+                {Codec.PLANES16_ZSTD_PER_PLANE}, name
         # Big-endian samples, 8-bit samples and JPEG fragments keep the
         # codecs they had.
-        assert Codec.PLANES16_ZSTD not in frame_codecs(archive,
-                                                  uids[BIG_ENDIAN_16])
+        assert Codec.PLANES16_ZSTD_PER_PLANE not in frame_codecs(
+            archive, uids[BIG_ENDIAN_16])
         assert frame_codecs(archive, uids[RGB_8_BITS]) == [Codec.ZSTD]
-        assert Codec.PLANES16_ZSTD not in frame_codecs(archive,
-                                                  uids[JPEG_FRAGMENTED])
+        assert Codec.PLANES16_ZSTD_PER_PLANE not in frame_codecs(
+            archive, uids[JPEG_FRAGMENTED])
         frame = archive.frame(uids[EMRI_10_FRAMES], 3)
         assert frame == _native_frame(corpus_path(EMRI_10_FRAMES), 3)
         assert archive.verify().ok
-    assert _block_versions(store) == {1, 2}
+    assert _block_versions(store) == {1, 3}
     shutil.rmtree(store / "index")
     rebuild_index(store)
     with Archive(store, readonly=True) as archive:
@@ -303,9 +398,47 @@ def test_a_store_written_without_filters_still_reads(tmp_path, monkeypatch):
     with Archive(store) as archive:
         assert archive.get(old_uid) == old
         new_uid = archive.store(new).sop_instance_uid
-        assert frame_codecs(archive, new_uid) == [Codec.PLANES16_ZSTD]
+        assert frame_codecs(archive, new_uid) == [
+            Codec.PLANES16_ZSTD_PER_PLANE]
         assert archive.get(new_uid) == new
         assert archive.verify().ok
+
+
+def test_a_store_of_one_frame_planes_blocks_still_reads(tmp_path,
+                                                       monkeypatch):
+    # Block version 2 wrote 16-bit frames as one zstd frame of the
+    # planes; a store of them reads, verifies, rebuilds, and takes new
+    # frames in the per-plane codec beside them.
+    old, new = corpus_bytes(EMRI_10_FRAMES), corpus_bytes(MR_SMALL)
+    store = tmp_path / "store"
+
+    def one_frame(kind, content, compressor, sample_bytes, encoder):
+        if sample_bytes == 2 and kind is Kind.FRAME and len(content) % 2 == 0:
+            return Codec.PLANES16_ZSTD, compressor.compress(
+                filters.planes16(content))
+        return Codec.ZSTD, compressor.compress(content)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(blocks, "_compress", one_frame)
+        with Archive(store) as archive:
+            old_uid = archive.store(old).sop_instance_uid
+            assert set(frame_codecs(archive, old_uid)) == {
+                Codec.PLANES16_ZSTD}
+    assert _block_versions(store) == {1, 2}
+    with Archive(store) as archive:
+        assert archive.get(old_uid) == old
+        assert archive.frame(old_uid, 3) == _native_frame(
+            corpus_path(EMRI_10_FRAMES), 3)
+        new_uid = archive.store(new).sop_instance_uid
+        assert frame_codecs(archive, new_uid) == [
+            Codec.PLANES16_ZSTD_PER_PLANE]
+        assert archive.verify().ok
+    assert _block_versions(store) == {1, 2, 3}
+    shutil.rmtree(store / "index")
+    rebuild_index(store)
+    with Archive(store, readonly=True) as archive:
+        assert archive.get(old_uid) == old
+        assert archive.get(new_uid) == new
 
 
 def test_the_same_frame_is_one_block_whichever_codec_stored_it(

@@ -390,7 +390,7 @@ def _filtered_block(content: bytes) -> tuple[blocks.BlockHeader, bytes,
                                              bytes]:
     block = blocks.encode(Kind.FRAME, content, compressor=COMPRESSOR,
                           sample_bytes=2)
-    assert block.codec is blocks.Codec.PLANES16_ZSTD
+    assert block.codec is blocks.Codec.PLANES16_ZSTD_PER_PLANE
     header = blocks.parse_header(block.header, "test")
     return header, block.header, block.payload
 

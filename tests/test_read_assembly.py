@@ -126,6 +126,22 @@ def test_any_planes16_block_decodes_onto_its_content(content):
     assert blocks.decode(header, head, payload, "test") == content
 
 
+@given(st.binary(min_size=2, max_size=70_000).filter(
+    lambda b: len(b) % 2 == 0))
+@settings(max_examples=40, deadline=None)
+def test_any_per_plane_block_decodes_onto_its_content(content):
+    # Three zstd frames, one a plane, the middle one cut into blocks:
+    # the native decoder reads across them as the Python one does.
+    coded = blocks.Coded(Codec.PLANES16_ZSTD_PER_PLANE,
+                         blocks.planes16_encoder(3).encode(content))
+    block = blocks.seal(blocks.Kind.FRAME, blocks.digest(content),
+                        len(content), coded)
+    header = blocks.parse_header(block.header, "test")
+    assert _decoded_onto(header, block.header, block.payload) == content
+    assert blocks.decode(header, block.header, block.payload,
+                         "test") == content
+
+
 def test_an_intact_payload_of_other_samples_fails_the_digest_in_place():
     # A zstd frame with a right CRC32 and the right length whose samples
     # are not the block's (a decoder fault, or a payload written for

@@ -1,5 +1,6 @@
-# The planes16 inverse as a plain C loop, shared by the filter module
-# (which returns new bytes) and the file assembly (which writes in place).
+# The planes16 filter and its inverse as plain C loops, shared by the
+# filter module (which returns new bytes or compresses the planes) and the
+# file assembly (which writes in place).
 # Included, not imported: a cdef function is inlined into each module.
 
 from libc.stdint cimport uint8_t
@@ -23,6 +24,33 @@ cdef inline int _check_planes(Py_ssize_t filtered_length,
             f"planes16 data for {raw_length} bytes must be {size} bytes "
             f"long, not {filtered_length}")
     return 0
+
+
+cdef inline void _planes16_into(const uint8_t* raw, Py_ssize_t length,
+                                uint8_t* filtered) noexcept nogil:
+    """Write the ``_filtered_length(length)`` bytes of the planes of the
+    ``length`` bytes at ``raw``."""
+    cdef Py_ssize_t size = _filtered_length(length)
+    cdef Py_ssize_t samples = length // 2
+    cdef Py_ssize_t pairs = (samples + 1) // 2
+    cdef uint8_t* high = filtered
+    cdef uint8_t* upper = high + samples
+    cdef uint8_t* lower = upper + pairs
+    cdef Py_ssize_t i
+    cdef uint8_t first, second
+    for i in range(samples):
+        high[i] = raw[2 * i + 1]
+    for i in range(samples // 2):
+        first = raw[4 * i]
+        second = raw[4 * i + 2]
+        upper[i] = (first >> 4) | (second & 0xF0)
+        lower[i] = (first & 0x0F) | ((second & 0x0F) << 4)
+    if samples % 2:
+        first = raw[2 * (samples - 1)]
+        upper[pairs - 1] = first >> 4
+        lower[pairs - 1] = first & 0x0F
+    if length % 2:
+        filtered[size - 1] = raw[length - 1]
 
 
 cdef inline void _unplanes16_into(const uint8_t* filtered,

@@ -17,9 +17,10 @@ therefore recompute it after decompression, every time.
 The payload is stored raw when zstd does not make it smaller: encapsulated
 JPEG fragments are already compressed and would only cost CPU on read.
 Native frames of 16-bit samples go through the ``planes16`` filter
-(store/filters.py) before zstd: smaller and faster than zstd alone. The
-name stays the digest of the unfiltered content, so a frame is one block
-whichever codec stored it.
+(store/filters.py) and each of its planes is compressed on its own
+(planes16_encoder): smaller and faster than zstd alone. The name stays
+the digest of the unfiltered content, so a frame is one block whichever
+codec stored it.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from pacsstore._assemble import (
     FileAssembly,
     PlanesDecoder,
 )
+from pacsstore._filters import PlanesEncoder
 from pacsstore.store import filters
 from pacsstore.store.scratch import ThreadScratch
 
@@ -54,11 +56,12 @@ from pacsstore.store.scratch import ThreadScratch
 Buffer = bytes | bytearray | memoryview
 
 BLOCK_MAGIC = b"PSBK"
-# Version 2 added the PLANES16_ZSTD codec. A block carries the lowest
-# version that can read it (see _VERSION_OF), so a version 1 reader still
-# reads every raw and zstd block of a store and refuses a filtered one
-# with NewerFormatError rather than calling it damaged.
-BLOCK_FORMAT_VERSION = 2
+# Version 2 added the PLANES16_ZSTD codec, version 3 PLANES16_ZSTD_PER_PLANE.
+# A block carries the lowest version that can read it (see _VERSION_OF),
+# so an older reader still reads every block of a store whose codec it
+# knows, and refuses a newer one with NewerFormatError rather than
+# calling it damaged.
+BLOCK_FORMAT_VERSION = 3
 
 # magic, version, kind, codec, flags, sha256, raw length, stored length,
 # reserved, crc32. The CRC covers the first 60 bytes and the payload.
@@ -83,12 +86,21 @@ class Codec(enum.IntEnum):
     RAW = 0
     ZSTD = 1
     # 16-bit samples split into high bytes, high nibbles and low nibbles
-    # of the low bytes (filters.planes16), then zstd.
+    # of the low bytes (filters.planes16), then one zstd frame of the
+    # three planes: read, no longer written.
     PLANES16_ZSTD = 2
+    # The same planes, each compressed as a zstd frame of its own with
+    # the settings that suit it (planes16_encoder), the frames one after
+    # another: a zstd stream that decompresses to the planes in order.
+    PLANES16_ZSTD_PER_PLANE = 3
 
 
 # The block format version each codec first appeared in.
-_VERSION_OF = {Codec.RAW: 1, Codec.ZSTD: 1, Codec.PLANES16_ZSTD: 2}
+_VERSION_OF = {Codec.RAW: 1, Codec.ZSTD: 1, Codec.PLANES16_ZSTD: 2,
+               Codec.PLANES16_ZSTD_PER_PLANE: 3}
+# Codecs whose payload decompresses to the planes16 form of the content.
+_PLANES_CODECS = frozenset((Codec.PLANES16_ZSTD,
+                            Codec.PLANES16_ZSTD_PER_PLANE))
 # Sample sizes encode() knows a filter for.
 _SAMPLE_BYTES = (1, 2)
 
@@ -132,23 +144,24 @@ def encode(kind: Kind, content: bytes | memoryview, *,
            compressor: zstandard.ZstdCompressor,
            name: bytes | None = None,
            sample_bytes: int = 1,
-           planes_compressor: zstandard.ZstdCompressor | None = None,
+           planes_encoder: PlanesEncoder | None = None,
            ) -> EncodedBlock:
     """Compress (when it pays) and frame ``content`` as a block.
 
     ``sample_bytes=2`` says that ``content`` is a native frame of 16-bit
-    samples: it is filtered (planes16) before zstd. Only a frame block
-    of a whole, non-zero number of samples is filtered; anything else
-    gets plain zstd. The filter inverts exactly on any bytes, so a wrong
-    hint can cost ratio, never content. ``planes_compressor``, when
-    given, compresses the filtered planes (see planes16_compressor);
+    samples: it is filtered (planes16) and its planes compressed one by
+    one. Only a frame block of a whole, non-zero number of samples is
+    filtered; anything else gets plain zstd. The filter inverts exactly
+    on any bytes, so a wrong hint can cost ratio, never content.
+    ``planes_encoder`` (see planes16_encoder; this thread's encoder at
+    the default level when not given) compresses the planes,
     ``compressor`` everything else.
     """
     name = digest(content) if name is None else name
     return seal(kind, name, len(content),
                 code(kind, content, compressor=compressor,
                      sample_bytes=sample_bytes,
-                     planes_compressor=planes_compressor))
+                     planes_encoder=planes_encoder))
 
 
 @dataclass(frozen=True)
@@ -164,7 +177,7 @@ class Coded:
 def code(kind: Kind, content: bytes | memoryview, *,
          compressor: zstandard.ZstdCompressor,
          sample_bytes: int = 1,
-         planes_compressor: zstandard.ZstdCompressor | None = None) -> Coded:
+         planes_encoder: PlanesEncoder | None = None) -> Coded:
     """The payload ``encode`` would store for ``content``: compressed
     when that saves enough, else the content itself."""
     if sample_bytes not in _SAMPLE_BYTES:
@@ -172,7 +185,7 @@ def code(kind: Kind, content: bytes | memoryview, *,
             f"sample_bytes must be one of {_SAMPLE_BYTES}, not "
             f"{sample_bytes!r}")
     codec, packed = _compress(kind, content, compressor, sample_bytes,
-                              planes_compressor or compressor)
+                              planes_encoder)
     if len(packed) <= len(content) * (1 - _MIN_SAVING):
         return Coded(codec, packed)
     return Coded(Codec.RAW, bytes(content))
@@ -192,44 +205,82 @@ def seal(kind: Kind, name: bytes, raw_length: int,
 
 def _compress(kind: Kind, content: bytes | memoryview,
               compressor: zstandard.ZstdCompressor, sample_bytes: int,
-              planes_compressor: zstandard.ZstdCompressor
+              planes_encoder: PlanesEncoder | None
               ) -> tuple[Codec, bytes]:
     filtered = (sample_bytes == 2 and kind is Kind.FRAME
                 and len(content) >= 2 and len(content) % 2 == 0)
     if filtered:
-        return (Codec.PLANES16_ZSTD,
-                planes_compressor.compress(filters.planes16(content)))
+        encoder = planes_encoder or _default_planes_encoder()
+        return Codec.PLANES16_ZSTD_PER_PLANE, encoder.encode(content)
     return Codec.ZSTD, compressor.compress(content)
 
 
-# The hash table of the planes compressor: 2**14 entries of 4 bytes stay
+# The level of Archive's compression_level default.
+DEFAULT_LEVEL = 3
+# Upper plane: cut into zstd blocks of 16 KiB, each with Huffman tables of
+# its own (see planes16_encoder).
+_NIBBLE_BLOCK = 16 << 10
+# Lower plane: 32 KiB blocks; most of its time goes into trying Huffman
+# codes on what is mostly noise.
+_NOISE_BLOCK = 32 << 10
+# The hash table of a plane's match search: 2**14 entries of 4 bytes stay
 # in the L2 cache, where level 3's 2**17 do not.
 _PLANES_HASH_LOG = 14
+# From this level up a caller asked for a deeper search: every plane gets
+# zstd's own parameters for the level.
+_DEEP_LEVEL = 5
 
 
-def planes16_compressor(level: int) -> zstandard.ZstdCompressor:
-    """The compressor for planes16 payloads at ``level``.
+def planes16_encoder(level: int) -> PlanesEncoder:
+    """An encoder of planes16 payloads at zstd ``level`` (one per thread).
 
-    zstd's levels 3 and 4 search for matches twice at each position
-    (the double-fast strategy), which pays on text and headers. The
-    planes of a frame are a smooth plane that shrinks to almost nothing
-    at any level, and two planes of noise in which long matches are
-    rare: there, one search with a table that fits in cache finds as
-    much. Measured on the benchmarks' CT study (planes of 400 slices):
-    level 3 as it is, 1,146 us a slice; the fast strategy with a 2**14
-    table, 859 us and 0.06% fewer bytes. Any other level is kept as it
-    is: level 1 and 2 are fast already, and from level 5 up a caller
-    asked for a deeper search (level 19 keeps 3% less, 70 times slower).
-    The output is an ordinary zstd frame: nothing changes for a reader.
+    The three planes of a frame differ, and each gets the search that
+    pays on it. Measured on the benchmarks' CT study (400 slices of
+    512 KiB, per slice) at level 3:
+
+    - the high bytes are smooth: level 3's parameters with one search a
+      position (the fast strategy) and a hash table that fits in cache,
+      85 µs, 2.8 KB;
+    - the high nibbles of the low bytes are noise over anatomy, where
+      matches are rare and short and the literals' statistics change
+      from region to region (air, soft tissue, bone). Huffman tables of
+      their own for each 16 KiB gain more than a deep search does:
+      matches of 7 bytes or more from a table of 2**10 entries, in 16 KiB
+      blocks, 147 µs and 69.6 KB, against 448 µs and 71.8 KB for level
+      3's search in zstd's 128 KiB blocks;
+    - the low nibbles are close to random: a short search, 32 KiB blocks.
+
+    In all, 440 µs and 203.4 KB a slice against 796 µs and 205.6 KB for
+    one zstd frame of the three planes (codec PLANES16_ZSTD); the
+    benchmarks' corpus keeps 0.2% fewer bytes as well. From level 5 up
+    each plane is compressed with zstd's parameters for the level.
+    Every payload is an ordinary sequence of zstd frames.
     """
     params = zstandard.ZstdCompressionParameters.from_level(level)
-    if params.strategy != zstandard.STRATEGY_DFAST:
-        return zstandard.ZstdCompressor(level=level, write_content_size=True)
-    return zstandard.ZstdCompressor(
-        compression_params=zstandard.ZstdCompressionParameters.from_level(
-            level, strategy=zstandard.STRATEGY_FAST,
-            hash_log=min(params.hash_log, _PLANES_HASH_LOG),
-            write_content_size=1))
+    search = {"window_log": params.window_log,
+              "chain_log": params.chain_log,
+              "hash_log": params.hash_log,
+              "search_log": params.search_log,
+              "min_match": params.min_match,
+              "target_length": params.target_length,
+              "strategy": params.strategy}
+    if level >= _DEEP_LEVEL:
+        return PlanesEncoder([search, dict(search, block_size=_NIBBLE_BLOCK),
+                              search])
+    smooth = dict(search, strategy=zstandard.STRATEGY_FAST,
+                  hash_log=min(params.hash_log, _PLANES_HASH_LOG))
+    nibbles = {"strategy": zstandard.STRATEGY_FAST, "window_log": 19,
+               "hash_log": 10, "min_match": 7, "block_size": _NIBBLE_BLOCK}
+    noise = {"strategy": zstandard.STRATEGY_FAST, "window_log": 19,
+             "hash_log": 8, "min_match": 7, "block_size": _NOISE_BLOCK}
+    return PlanesEncoder([smooth, nibbles, noise])
+
+
+def _default_planes_encoder() -> PlanesEncoder:
+    found = getattr(_local, "planes_encoder", None)
+    if found is None:
+        found = _local.planes_encoder = planes16_encoder(DEFAULT_LEVEL)
+    return found
 
 
 def parse_header(raw: bytes, where: str) -> BlockHeader:
@@ -277,7 +328,7 @@ def decode_onto(header: BlockHeader, raw_header: bytes, payload: Buffer,
     straight into it by one native call. The SHA-256 is checked on the
     bytes where they now lie; on damage the assembly holds a part of the
     content, and must be dropped."""
-    if header.codec is Codec.PLANES16_ZSTD:
+    if header.codec in _PLANES_CODECS:
         _planes_onto(header, raw_header, payload, where, assembly)
         return
     _check_payload(header, raw_header, payload, where)
@@ -400,8 +451,9 @@ def _unzstd_planes(header: BlockHeader, payload: Buffer,
     return filtered
 
 
-# Per thread: one decompression context (a context must not be shared by
-# threads decompressing at once, and Archive.get_many reads on a pool).
+# Per thread: one decompression context and one default planes encoder (a
+# context must not be shared by threads using it at once, and
+# Archive.get_many reads on a pool).
 _local = threading.local()
 # The filtered samples of a planes16 block are only an intermediate.
 _filtered_scratch = ThreadScratch()
@@ -431,14 +483,16 @@ def _unzstd(payload: Buffer, limit: int, where: str) -> bytes:
 
 def _unzstd_to_scratch(payload: Buffer, limit: int,
                        where: str) -> memoryview:
-    """Decompress a zstd frame into this thread's scratch buffer; a view
+    """Decompress zstd frames into this thread's scratch buffer; a view
     of what it holds, valid until the thread's next call. One byte of
     room past ``limit`` shows a frame that decompresses to more, without
     decompressing the rest of it."""
     view = _filtered_scratch.view(limit + 1)
     filled = 0
     try:
-        with _decompressor().stream_reader(payload) as reader:
+        # A PLANES16_ZSTD_PER_PLANE payload is a frame for each plane.
+        with _decompressor().stream_reader(
+                payload, read_across_frames=True) as reader:
             while filled < len(view):
                 count = reader.readinto(view[filled:])
                 if not count:

@@ -36,6 +36,7 @@ from typing import Any
 import zstandard
 
 from pacsstore import parsing
+from pacsstore._filters import PlanesEncoder
 from pacsstore.errors import MalformedDicomError, NotStorableError
 from pacsstore.store import blocks, layout
 from pacsstore.store.blocks import EncodedBlock, Kind
@@ -200,12 +201,12 @@ class Preparer:
             self._local.compressor = compressor
         return compressor
 
-    def _planes_compressor(self) -> zstandard.ZstdCompressor:
-        compressor = getattr(self._local, "planes_compressor", None)
-        if compressor is None:
-            compressor = blocks.planes16_compressor(self._level)
-            self._local.planes_compressor = compressor
-        return compressor
+    def _planes_encoder(self) -> PlanesEncoder:
+        encoder = getattr(self._local, "planes_encoder", None)
+        if encoder is None:
+            encoder = blocks.planes16_encoder(self._level)
+            self._local.planes_encoder = encoder
+        return encoder
 
     def prepare(self, buffer: bytes | memoryview, *,
                 source_ae: str | None = None,
@@ -270,13 +271,13 @@ class Preparer:
         the index has: compressing a block the index turns out to hold
         costs CPU only, and only when an instance is sent again."""
         compressor = self._compressor()
-        planes = self._planes_compressor()
+        planes = self._planes_encoder()
         sample_bytes = _sample_bytes(record)
         contents = [parts.header, *parts.blocks]
         kinds = _kinds_of(parts)
         return [blocks.code(kind, content, compressor=compressor,
                             sample_bytes=sample_bytes,
-                            planes_compressor=planes)
+                            planes_encoder=planes)
                 for kind, content in zip(kinds, contents)]
 
     def _compress_missing(self, prepared: Prepared, parts: layout.Split,
@@ -289,7 +290,7 @@ class Preparer:
             missing = [i for i, d in enumerate(prepared.digests)
                        if self._index.block(txn, d) is None]
         compressor = self._compressor()
-        planes = self._planes_compressor()
+        planes = self._planes_encoder()
         sample_bytes = _sample_bytes(prepared.record)
         for i in missing:
             name, kind = prepared.digests[i], prepared.kinds[i]
@@ -299,7 +300,7 @@ class Preparer:
                 block = blocks.encode(kind, contents[i],
                                       compressor=compressor, name=name,
                                       sample_bytes=sample_bytes,
-                                      planes_compressor=planes)
+                                      planes_encoder=planes)
             else:
                 block = blocks.seal(kind, name, len(contents[i]), coded[i])
             prepared.encoded[name] = block
