@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import shutil
 import struct
+import threading
+import time
 import zlib
 
 import numpy as np
@@ -192,6 +194,54 @@ def test_a_setting_zstd_does_not_take_is_refused(setting, says):
         PlanesEncoder([{}, setting, {}])
     with pytest.raises(ValueError, match="one setting per plane"):
         PlanesEncoder([{}, {}])
+
+
+def test_a_float_setting_is_refused_rather_than_truncated():
+    for setting in ({"window_log": 17.9}, {"block_size": 8192.7},
+                    {"min_match": True}):
+        with pytest.raises(TypeError, match="takes a whole number"):
+            PlanesEncoder([{}, setting, {}])
+
+
+def test_none_is_not_taken_for_empty_content():
+    with pytest.raises(TypeError):
+        blocks.planes16_encoder(3).encode(None)
+    with pytest.raises(TypeError):
+        filters.planes16(None)
+    with pytest.raises(TypeError):
+        filters.unplanes16(None, 0)
+
+
+def test_an_encoder_used_by_a_second_thread_at_once_refuses_it():
+    """encode() works on its buffers without the GIL; a second thread in
+    them at once freed a buffer the first was writing (a segfault, or
+    heap-use-after-free under ASan). The second call is now refused."""
+    encoder = blocks.planes16_encoder(3)
+    large = np.arange(24 << 20, dtype="<u2").tobytes()
+    small = large[:4096]
+    results = []
+
+    def encode_large() -> None:
+        results.append(encoder.encode(large))
+
+    refused = False
+    for _attempt in range(20):
+        worker = threading.Thread(target=encode_large)
+        worker.start()
+        time.sleep(0.002)
+        try:
+            encoder.encode(small)
+        except RuntimeError as exc:
+            assert "encoding in another thread" in str(exc)
+            refused = True
+        worker.join()
+        if refused:
+            break
+    assert refused, "a second call never overlapped the first"
+    # The first call was not disturbed, and the encoder is usable again.
+    assert b"".join(_frames_of(results[-1])) == filters.planes16(large)
+    assert b"".join(_frames_of(encoder.encode(small))) == \
+        filters.planes16(small)
 
 
 def test_per_plane_frames_keep_less_of_a_ct_slice_than_one_frame(tmp_path):

@@ -361,6 +361,74 @@ def test_a_damaged_content_length_sizes_no_allocation(tmp_path, at, flip):
         assert archive.get(uid) == data
 
 
+# Content lengths a planes16 block header may state with its CRC32 made
+# to match (damage the CRC cannot see): 8 GiB and 1 TiB.
+@pytest.mark.parametrize("stated", [1 << 33, 1 << 40])
+def test_a_stated_length_the_payload_cannot_hold_sizes_no_allocation(
+        tmp_path, stated):
+    """The reads that decode a block outside an assembly (frame, verify,
+    rebuild) used to zero-fill a buffer of the stated length before
+    finding it wrong (8.4 GB of memory for 8 GiB), or raise a bare
+    MemoryError. A payload cannot decompress to more than zstd's largest
+    expansion of it, so such a length is refused first."""
+    path = write_ct_series(tmp_path / "ct", 1, seed=33)[0]
+    data = path.read_bytes()
+    uid, entry, segment = _stored_slice_block(tmp_path, path)
+    with open(segment, "r+b") as handle:
+        handle.seek(entry.offset)
+        head = bytearray(handle.read(HEADER_SIZE))
+        payload = handle.read(entry.stored_length)
+        original = bytes(head)
+        struct.pack_into("<Q", head, 40, stated)
+        struct.pack_into("<I", head, 60, zlib.crc32(
+            payload, zlib.crc32(bytes(head[:60]))))
+        handle.seek(entry.offset)
+        handle.write(head)
+    says = (f"states {stated} content bytes, more than its "
+            f"{len(payload)}-byte payload can decompress to")
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    header = blocks.parse_header(bytes(head), "test")
+    with pytest.raises(CorruptStoreError, match=says):
+        blocks.decode(header, bytes(head), payload, "test")
+    with Archive(tmp_path / "store", readonly=True) as archive:
+        with pytest.raises(CorruptStoreError, match=says):
+            archive.frame(uid, 0)
+        report = archive.verify()
+        assert not report.ok
+        assert any(says in p.message for p in report.problems)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - \
+        peak_before
+    assert grown_kib < 512 << 10, f"the peak grew by {grown_kib} KiB"
+    with open(segment, "r+b") as handle:
+        handle.seek(entry.offset)
+        handle.write(original)
+    with Archive(tmp_path / "store", readonly=True) as archive:
+        assert archive.get(uid) == data
+        assert archive.verify().ok
+
+
+@pytest.mark.parametrize("extra", [
+    b"\x28\xb5\x2f\xfd",                          # a zstd magic, no frame
+    struct.pack("<II", 0x184D2A50, 0xFFFFFFF0),     # a skippable frame that
+])                                                  # runs past the payload
+def test_both_read_paths_refuse_bytes_after_the_planes(extra):
+    """The Python reader used to stop where the planes were complete and
+    take the block; the native one refuses what follows. A block now
+    reads one way on both."""
+    content = bytes(b for x in range(4800) for b in (x % 251, 0))
+    payload = blocks.planes16_encoder(3).encode(content) + extra
+    block = blocks.seal(blocks.Kind.FRAME, blocks.digest(content),
+                        len(content),
+                        blocks.Coded(Codec.PLANES16_ZSTD_PER_PLANE, payload))
+    head = block.header
+    header = blocks.parse_header(head, "test")
+    for read in (_decoded_onto,
+                 lambda *block: blocks.decode(*block, "segment 3 offset 99")):
+        with pytest.raises(CorruptStoreError,
+                           match="segment 3 offset 99 does not decompress"):
+            read(header, head, payload)
+
+
 def test_a_damaged_version_byte_is_damage_and_a_newer_block_is_newer(
         tmp_path):
     """The version byte is read before the CRC32 can be checked: a

@@ -106,7 +106,7 @@ cdef size_t _BLOCK_SIZE_MIN = 4 << 10
 cdef size_t _KEEP_LIMIT = 16 << 20
 
 
-def planes16(const uint8_t[::1] content):
+def planes16(const uint8_t[::1] content not None):
     """The planes of ``content``: high bytes, then high nibbles, then low
     nibbles of the low bytes, then a last odd byte as it is."""
     cdef Py_ssize_t length = content.shape[0]
@@ -120,7 +120,7 @@ def planes16(const uint8_t[::1] content):
     return out
 
 
-def unplanes16(const uint8_t[::1] filtered, Py_ssize_t raw_length):
+def unplanes16(const uint8_t[::1] filtered not None, Py_ssize_t raw_length):
     """The exact inverse of :func:`planes16` for ``raw_length`` bytes;
     ValueError when ``filtered`` is not of the length that makes."""
     _check_planes(filtered.shape[0], raw_length)
@@ -166,12 +166,17 @@ cdef class PlanesEncoder:
     bytes, high nibbles, the rest), each with its own settings; the
     frames are concatenated, which is a zstd stream that decompresses to
     the planes in order. Holds compression contexts and buffers: one
-    encoder per thread."""
+    encoder per thread (a call while another thread's call is running
+    raises RuntimeError)."""
 
     cdef ZSTD_CCtx* _contexts[_PLANES]
     cdef size_t _block_sizes[_PLANES]
     cdef _Buffer _filtered
     cdef _Buffer _packed
+    # Set, with the GIL held, for the length of a call: the contexts and
+    # buffers are used without the GIL, and a second thread in them at
+    # once would free a buffer the first is writing.
+    cdef bint _busy
 
     def __cinit__(self, settings):
         self._filtered = _Buffer()
@@ -196,6 +201,7 @@ cdef class PlanesEncoder:
         for name, value in setting.items():
             if name not in _PARAMETERS:
                 raise ValueError(f"no zstd parameter named {name!r}")
+            _require_whole(name, value)
             code = ZSTD_CCtx_setParameter(context, _PARAMETERS[name], value)
             if ZSTD_isError(code):
                 raise ValueError(
@@ -209,8 +215,18 @@ cdef class PlanesEncoder:
             if self._contexts[plane] is not NULL:
                 ZSTD_freeCCtx(self._contexts[plane])
 
-    def encode(self, const uint8_t[::1] content):
+    def encode(self, const uint8_t[::1] content not None):
         """The compressed planes of ``content`` (bytes)."""
+        if self._busy:
+            raise RuntimeError("this PlanesEncoder is encoding in another "
+                               "thread; each thread needs its own")
+        self._busy = True
+        try:
+            return self._encode(content)
+        finally:
+            self._busy = False
+
+    cdef object _encode(self, const uint8_t[::1] content):
         cdef Py_ssize_t length = content.shape[0]
         cdef Py_ssize_t samples = length // 2
         cdef Py_ssize_t pairs = (samples + 1) // 2
@@ -254,7 +270,15 @@ cdef class PlanesEncoder:
             self._packed.shrink()
 
 
+cdef int _require_whole(str name, object value) except -1:
+    # A float would be truncated on the way to C without a word.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} takes a whole number, not {value!r}")
+    return 0
+
+
 cdef size_t _block_size(object value) except 0:
+    _require_whole("block_size", value)
     if not _BLOCK_SIZE_MIN <= value <= BLOCK_SIZE_MAX:
         raise ValueError(f"block_size must be from {_BLOCK_SIZE_MIN} to "
                          f"{BLOCK_SIZE_MAX}, not {value!r}")

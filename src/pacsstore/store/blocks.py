@@ -315,10 +315,35 @@ def decode(header: BlockHeader, raw_header: bytes, payload: Buffer,
            where: str) -> bytes:
     """Check the CRC, decompress, check the SHA-256; return the content.
     Nothing returned aliases ``payload``."""
+    if header.codec in _PLANES_CODECS:
+        # Through the one native decoder that get() uses as well, so that
+        # both read paths give a damaged block the same verdict.
+        _check_planes_fit(header, raw_header, payload, where)
+        assembly = FileAssembly(header.raw_length)
+        _planes_onto(header, raw_header, payload, where, assembly)
+        return assembly.finish()
     _check_payload(header, raw_header, payload, where)
     content = _decompress(header, payload, where)
     _check_digest(header, content, where)
     return content
+
+
+# zstd's largest expansion: a block of 4 bytes (an RLE block) stands for
+# at most 128 KiB.
+_ZSTD_MAX_EXPANSION = (128 << 10) // 4
+
+
+def _check_planes_fit(header: BlockHeader, raw_header: bytes,
+                      payload: Buffer, where: str) -> None:
+    """A planes16 block whose stated length its payload cannot decompress
+    to is damaged, and must not size an allocation: the checks in order
+    (the CRC first), then that refusal."""
+    length = filters.planes16_length(header.raw_length)
+    if length > _ZSTD_MAX_EXPANSION * len(payload):
+        _check_payload(header, raw_header, payload, where)
+        raise CorruptStoreError(
+            f"block at {where} states {header.raw_length} content bytes, "
+            f"more than its {len(payload)}-byte payload can decompress to")
 
 
 def decode_onto(header: BlockHeader, raw_header: bytes, payload: Buffer,
@@ -423,32 +448,18 @@ def _planes_length_error(header: BlockHeader, found: int, length: int,
 
 
 def _decompress(header: BlockHeader, payload: Buffer, where: str) -> bytes:
+    """The content of a raw or zstd block (planes16 blocks are decoded
+    natively, _planes_onto)."""
     if header.codec is Codec.RAW:
         # A copy: the payload may be a reused read buffer.
         content = bytes(payload)
-    elif header.codec is Codec.ZSTD:
-        content = _unzstd(payload, header.raw_length, where)
     else:
-        # unplanes16 writes new bytes: nothing returned aliases the
-        # scratch buffer the next block of this thread reuses.
-        content = filters.unplanes16(_unzstd_planes(header, payload, where),
-                                     header.raw_length)
+        content = _unzstd(payload, header.raw_length, where)
     if len(content) != header.raw_length:
         raise CorruptStoreError(
             f"block at {where} decodes to {len(content)} bytes; its "
             f"header says {header.raw_length}")
     return content
-
-
-def _unzstd_planes(header: BlockHeader, payload: Buffer,
-                   where: str) -> memoryview:
-    """The filtered samples of a planes16 block, in this thread's scratch
-    buffer, checked to be as long as its content length makes."""
-    length = filters.planes16_length(header.raw_length)
-    filtered = _unzstd_to_scratch(payload, length, where)
-    if len(filtered) != length:
-        raise _planes_length_error(header, len(filtered), length, where)
-    return filtered
 
 
 # Per thread: one decompression context and one default planes encoder (a
@@ -479,28 +490,6 @@ def _unzstd(payload: Buffer, limit: int, where: str) -> bytes:
         return _decompressor().decompress(payload, max_output_size=limit)
     except zstandard.ZstdError as exc:
         raise _zstd_error(exc, where) from None
-
-
-def _unzstd_to_scratch(payload: Buffer, limit: int,
-                       where: str) -> memoryview:
-    """Decompress zstd frames into this thread's scratch buffer; a view
-    of what it holds, valid until the thread's next call. One byte of
-    room past ``limit`` shows a frame that decompresses to more, without
-    decompressing the rest of it."""
-    view = _filtered_scratch.view(limit + 1)
-    filled = 0
-    try:
-        # A PLANES16_ZSTD_PER_PLANE payload is a frame for each plane.
-        with _decompressor().stream_reader(
-                payload, read_across_frames=True) as reader:
-            while filled < len(view):
-                count = reader.readinto(view[filled:])
-                if not count:
-                    break
-                filled += count
-    except zstandard.ZstdError as exc:
-        raise _zstd_error(exc, where) from None
-    return view[:filled]
 
 
 def check_magic(raw: bytes, magic: bytes, what: str) -> None:
