@@ -31,14 +31,7 @@ cdef extern from "zstd_errors.h" nogil:
         ZSTD_error_dstSize_tooSmall
 
 
-cdef extern from *:
-    """
-    /* For ZSTD_c_literalCompressionMode, an experimental parameter: its
-       value goes through the stable ZSTD_CCtx_setParameter, and a
-       library that does not know it refuses it there. */
-    #define ZSTD_STATIC_LINKING_ONLY
-    #include <zstd.h>
-    """
+cdef extern from "zstd.h":
     ctypedef struct ZSTD_CCtx:
         pass
     ctypedef enum ZSTD_cParameter:
@@ -50,7 +43,6 @@ cdef extern from *:
         ZSTD_c_targetLength
         ZSTD_c_strategy
         ZSTD_c_contentSizeFlag
-        ZSTD_c_literalCompressionMode
     ctypedef enum ZSTD_EndDirective:
         ZSTD_e_flush
         ZSTD_e_end
@@ -81,9 +73,7 @@ cdef extern from *:
 
 
 # The settings PlanesEncoder takes, by the names of
-# zstandard.ZstdCompressionParameters (literal_compression: 0 lets zstd
-# decide, 1 always Huffman-codes the literals, 2 never does), and
-# block_size: the plane is cut into zstd blocks of at most that many
+# zstandard.ZstdCompressionParameters, and block_size: the plane is cut into zstd blocks of at most that many
 # bytes, each with literal statistics of its own (zstd's own blocks are
 # of 128 KiB).
 _PARAMETERS = {
@@ -94,7 +84,6 @@ _PARAMETERS = {
     "min_match": ZSTD_c_minMatch,
     "target_length": ZSTD_c_targetLength,
     "strategy": ZSTD_c_strategy,
-    "literal_compression": ZSTD_c_literalCompressionMode,
 }
 cdef enum:
     _PLANES = 3

@@ -20,8 +20,8 @@ def unplanes16(filtered: Buffer, raw_length: int) -> bytes:
 class PlanesEncoder:
     """The planes16 filter, then one zstd frame for each plane, each with
     its own settings (zstd parameter names of
-    zstandard.ZstdCompressionParameters, literal_compression, and
-    block_size). One encoder per thread."""
+    zstandard.ZstdCompressionParameters, and block_size). One encoder
+    per thread."""
 
     def __init__(self, settings: Iterable[Mapping[str, int]]) -> None: ...
 
