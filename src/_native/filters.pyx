@@ -73,9 +73,9 @@ cdef extern from "zstd.h":
 
 
 # The settings PlanesEncoder takes, by the names of
-# zstandard.ZstdCompressionParameters, and block_size: the plane is cut into zstd blocks of at most that many
-# bytes, each with literal statistics of its own (zstd's own blocks are
-# of 128 KiB).
+# zstandard.ZstdCompressionParameters, and block_size: the plane is cut
+# into zstd blocks of at most that many bytes, each with literal
+# statistics of its own (zstd's own blocks are of 128 KiB).
 _PARAMETERS = {
     "window_log": ZSTD_c_windowLog,
     "hash_log": ZSTD_c_hashLog,
