@@ -55,7 +55,7 @@ from pacsstore.errors import (
 )
 from pacsstore.filemeta import build_file_meta
 from pacsstore.pixels.decode import decode_frame
-from pacsstore.store import layout, policy, query, results
+from pacsstore.store import blocks, layout, policy, query, results
 from pacsstore.store.commit import (
     DEDUP_SAVED,
     LOGICAL_BYTES,
@@ -173,7 +173,7 @@ class Archive:
     def __init__(self, path: str | os.PathLike, *,
                  on_conflict: str = policy.REJECT,
                  readonly: bool = False,
-                 compression_level: int = 3,
+                 compression_level: int = blocks.DEFAULT_LEVEL,
                  segment_size: int = DEFAULT_MAX_SIZE,
                  map_size: int = DEFAULT_MAP_SIZE,
                  max_map_size: int = DEFAULT_MAX_MAP_SIZE,

@@ -215,7 +215,8 @@ def _compress(kind: Kind, content: bytes | memoryview,
     return Codec.ZSTD, compressor.compress(content)
 
 
-# The level of Archive's compression_level default.
+# Archive's compression_level unless told, and the level of the planes
+# encoder a caller of encode() gets without its own.
 DEFAULT_LEVEL = 3
 # Upper plane: cut into zstd blocks of 16 KiB, each with Huffman tables of
 # its own (see planes16_encoder).
