@@ -289,10 +289,14 @@ def test_empty_and_odd_frames_are_not_filtered(content):
 
 def test_only_frame_blocks_are_filtered():
     content = bytes(range(256)) * 64
-    for kind in (Kind.HEADER, Kind.PIXELS, Kind.MANIFEST):
+    for kind, codec in ((Kind.HEADER, Codec.ZSTD), (Kind.PIXELS, Codec.ZSTD),
+                        (Kind.MANIFEST, Codec.ZSTD_RECORD)):
         block = blocks.encode(kind, content, compressor=COMPRESSOR,
                               sample_bytes=2)
-        assert block.codec is Codec.ZSTD
+        assert block.codec is codec
+        header = blocks.parse_header(block.header, "test")
+        assert blocks.decode(header, block.header, block.payload,
+                             "test") == content
 
 
 def test_an_unknown_sample_size_is_refused():
@@ -315,9 +319,22 @@ def test_filtered_blocks_carry_the_version_of_their_codec():
     filtered = blocks.encode(Kind.FRAME, pixels, compressor=COMPRESSOR,
                              sample_bytes=2)
     plain = blocks.encode(Kind.FRAME, pixels, compressor=COMPRESSOR)
+    manifest = blocks.encode(Kind.MANIFEST, b'{"v":1}' * 20,
+                             compressor=COMPRESSOR)
+    assert manifest.header[VERSION_AT] == 4
     assert filtered.header[VERSION_AT] == 3
     assert _one_frame_block(pixels).header[VERSION_AT] == 2
     assert plain.header[VERSION_AT] == 1
+
+
+@pytest.mark.parametrize("reader_version", [1, 2, 3])
+def test_an_older_reader_calls_a_record_dictionary_block_newer(
+        monkeypatch, reader_version):
+    block = blocks.encode(Kind.MANIFEST, b'{"v":1}' * 20,
+                          compressor=COMPRESSOR)
+    monkeypatch.setattr(blocks, "BLOCK_FORMAT_VERSION", reader_version)
+    with pytest.raises(NewerFormatError, match="format version 4"):
+        blocks.parse_header(block.header, "test")
 
 
 @pytest.mark.parametrize("reader_version", [1, 2])
@@ -351,7 +368,7 @@ def _with_header_bytes(block, version: int, codec: int) -> bytes:
 def test_an_unknown_codec_from_a_newer_writer_is_newer_format():
     block = blocks.encode(Kind.FRAME, b"frame" * 100, compressor=COMPRESSOR)
     header = _with_header_bytes(block, blocks.BLOCK_FORMAT_VERSION + 1, 9)
-    with pytest.raises(NewerFormatError, match="reads up to 3"):
+    with pytest.raises(NewerFormatError, match="reads up to 4"):
         blocks.parse_header(header, "segment 1 offset 32")
 
 
@@ -360,7 +377,7 @@ def test_an_unknown_codec_under_a_known_version_is_corruption():
     header = _with_header_bytes(block, blocks.BLOCK_FORMAT_VERSION, 9)
     with pytest.raises(CorruptStoreError,
                        match="segment 1 offset 32 has unknown kind 2 or "
-                             "codec 9 for its format version 3"):
+                             "codec 9 for its format version 4"):
         blocks.parse_header(header, "segment 1 offset 32")
 
 
@@ -424,7 +441,7 @@ def test_corpus_frames_come_back_byte_exact_through_a_store(tmp_path):
         frame = archive.frame(uids[EMRI_10_FRAMES], 3)
         assert frame == _native_frame(corpus_path(EMRI_10_FRAMES), 3)
         assert archive.verify().ok
-    assert _block_versions(store) == {1, 3}
+    assert _block_versions(store) == {1, 3, 4}   # 4: the manifests
     shutil.rmtree(store / "index")
     rebuild_index(store)
     with Archive(store, readonly=True) as archive:
@@ -436,11 +453,19 @@ def test_corpus_frames_come_back_byte_exact_through_a_store(tmp_path):
 
 def test_a_store_written_without_filters_still_reads(tmp_path, monkeypatch):
     # Version 1 wrote every frame as zstd or raw; so does a preparer
-    # that gets no sample hint.
+    # that gets no sample hint. Its manifests were plain zstd too.
     old, new = corpus_bytes(CT_SMALL), corpus_bytes(MR_SMALL)
     store = tmp_path / "store"
+    compress = blocks._compress
+
+    def version_1(kind, content, compressor, sample_bytes, encoder):
+        if kind is Kind.MANIFEST:
+            return Codec.ZSTD, compressor.compress(content)
+        return compress(kind, content, compressor, sample_bytes, encoder)
+
     with monkeypatch.context() as patch:
         patch.setattr(prepare, "_sample_bytes", lambda record: 1)
+        patch.setattr(blocks, "_compress", version_1)
         with Archive(store) as archive:
             old_uid = archive.store(old).sop_instance_uid
             assert frame_codecs(archive, old_uid) == [Codec.ZSTD]
@@ -483,7 +508,7 @@ def test_a_store_of_one_frame_planes_blocks_still_reads(tmp_path,
         assert frame_codecs(archive, new_uid) == [
             Codec.PLANES16_ZSTD_PER_PLANE]
         assert archive.verify().ok
-    assert _block_versions(store) == {1, 2, 3}
+    assert _block_versions(store) == {1, 2, 3, 4}
     shutil.rmtree(store / "index")
     rebuild_index(store)
     with Archive(store, readonly=True) as archive:

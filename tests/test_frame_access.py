@@ -203,21 +203,21 @@ def test_damaged_header_block_fails_decode_not_stored_frame(tmp_path):
 
 
 def _decodes_of_a_record(archive: Archive, monkeypatch) -> list[str]:
-    """The instance records the index decodes (json), by where."""
+    """The instance records the index decodes, by where."""
     from pacsstore.store import index as index_module
     seen: list[str] = []
-    original = index_module.loads
+    original = index_module.decode_instance
 
     def counting(raw, where):
         seen.append(where)
         return original(raw, where)
 
-    monkeypatch.setattr(index_module, "loads", counting)
+    monkeypatch.setattr(index_module, "decode_instance", counting)
     return seen
 
 
 def test_frames_of_a_large_record_decode_it_once(tmp_path, monkeypatch):
-    # 600 frames: a record of more than 16 KiB of JSON, which frame reads
+    # 600 frames: a record of more than 8 KiB stored, which frame reads
     # decoded again on every call.
     path = _multiframe(tmp_path, 600)
     reference = _pydicom_frames(_read(path), encapsulated=False)

@@ -247,6 +247,34 @@ def test_full_disk_when_creating_a_store(small_fs):
     check_store(small_fs / "new", {instance_uid(1, FILE, 0)})
 
 
+def test_full_disk_under_the_index_commit_is_out_of_space(small_fs):
+    """When the disk fills while LMDB writes a commit's pages, LMDB says
+    EIO (its write came back short), not ENOSPC: that surfaced as a bare
+    lmdb.Error, and the node answered 0xC211 instead of Out of
+    Resources. The index's own write is the one that fails here."""
+    store = small_fs / "store"
+    with Archive(store) as archive:
+        data = file_bytes(instance_uid(1, FILE, 0))
+        kept = archive.store(data).sop_instance_uid
+        ballast = fill(small_fs)
+        # A little room back, as a rolled-back segment append leaves it:
+        # LMDB's write of its pages then fits in part.
+        os.truncate(ballast, ballast.stat().st_size - (16 << 10))
+        values = [os.urandom(1500) for _ in range(2000)]   # new pages
+
+        def put_many(txn):
+            for number, value in enumerate(values):
+                txn.put(b"filler %d" % number, value,
+                        db=archive._index.db["meta"])
+
+        with pytest.raises(OutOfSpaceError, match="committing the index"):
+            archive._index.write(put_many)
+        ballast.unlink()
+        assert archive.get(kept) == data
+        with archive._index.read() as txn:
+            assert txn.get(b"filler 0", db=archive._index.db["meta"]) is None
+
+
 def test_full_disk_through_the_node_answers_out_of_resources(small_fs,
                                                              tmp_path):
     uids = [instance_uid(1, FILE, n) for n in range(40)]

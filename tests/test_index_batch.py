@@ -16,6 +16,7 @@ import pytest
 
 from pacsstore import Archive
 from pacsstore.store import index as index_module
+from pacsstore.store import record_dictionary, records
 from pacsstore.store.hierarchy import link_instance, unlink_instance
 from pacsstore.store.index import Index
 from pacsstore.synthetic import structured_reports
@@ -276,8 +277,9 @@ def test_records_are_the_bytes_json_dumps_gives(tmp_path):
         archive.store_many([_copy(data, n, n % 2) for n in range(4)]
                            + _reports(4))
         contents = _contents(archive._index)
-    stored = [raw for name in ("instances", "patients", "studies",
-                               "series") for _, raw in contents[name]]
+    stored = [_json_of(name, raw) for name in ("instances", "patients",
+                                               "studies", "series")
+              for _, raw in contents[name]]
     made = {"PatientName": "Müller^Jürgen=山田^太郎", "quote": '"\\/',
             "controls": "\x00\x1f\n\t\u2028", "n": [1, -2.5, 1e300, None,
                                                   True], "nested": {}}
@@ -287,6 +289,17 @@ def test_records_are_the_bytes_json_dumps_gives(tmp_path):
     assert len(stored) == 8 + (1 + 4) + (1 + 4) + (2 + 4)
     for raw in [*stored, json.dumps(made).encode()]:
         record = json.loads(raw)
-        assert index_module.dumps(record) == json.dumps(
+        assert records.dumps(record) == json.dumps(
             record, separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
+        if raw in stored:
+            assert records.dumps(record) == raw
+
+
+def _json_of(database: str, raw: bytes) -> bytes:
+    """The JSON an index value holds: an instance record is compact,
+    its JSON (without the manifest's place) compressed."""
+    if database != "instances":
+        return raw
+    assert raw[0] == records.COMPACT
+    return record_dictionary.decompress(raw[13:], 1 << 20)

@@ -1,20 +1,34 @@
-"""The instance record is encoded once, on the preparing thread: the
-committer adds the manifest's position to that encoding instead of
-encoding the record again. The bytes must be those ``dumps`` gives."""
+"""The instance record is encoded once, on the preparing thread, and
+compressed once, as its manifest block: the committer puts that payload
+into the index with the manifest's position in front (records.py). The
+record read back must be the one prepared, in either of the index's two
+forms, and a damaged index value must say so rather than decode."""
 
 from __future__ import annotations
 
-import json
+import hashlib
+import struct
 
+import lmdb
 import pytest
+import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pacsstore import Archive
-from pacsstore.store.blocks import Kind
-from pacsstore.store.index import dumps, with_manifest
+from pacsstore.errors import CorruptStoreError
+from pacsstore.store import blocks, record_dictionary
+from pacsstore.store.blocks import Codec, Kind
+from pacsstore.store.records import (
+    COMPACT,
+    decode_instance,
+    dumps,
+    encode_instance,
+    instance_for_commit,
+    with_manifest,
+)
 from pacsstore.synthetic import write_ct_series
-from test_store_support import CT_SMALL, MR_SMALL, corpus_bytes
+from test_store_support import CT_SMALL, MR_SMALL, corpus_bytes, corpus_path
 
 _VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text()
@@ -22,11 +36,14 @@ _VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4)
     | st.dictionaries(st.text(), inner, max_size=4),
     max_leaves=12)
+_RECORDS = st.dictionaries(st.text(), _VALUES, min_size=1, max_size=8) \
+    .filter(lambda record: "manifest" not in record)
+# Segment numbers are 8 decimal digits (format.md), offsets 64 bits.
+_SEGMENTS = st.integers(0, 99_999_999)
+_OFFSETS = st.integers(0, 2**64 - 1)
 
 
-@given(st.dictionaries(st.text(), _VALUES, min_size=1, max_size=8)
-       .filter(lambda record: "manifest" not in record),
-       st.integers(0, 2**32), st.integers(0, 2**40))
+@given(_RECORDS, _SEGMENTS, _OFFSETS)
 def test_the_position_added_to_an_encoding_is_dumps_of_the_record(
         record, segment, offset):
     encoded = dumps(record)
@@ -40,10 +57,31 @@ def test_only_the_encoding_of_a_record_with_keys_takes_a_position(encoded):
         with_manifest(encoded, 1, 2)
 
 
-def test_stored_records_and_manifests_are_the_prepared_encoding(tmp_path):
-    """Each stored instance record is ``dumps`` of itself with the
-    manifest's position last, and its manifest block holds the same
-    record without that position."""
+@given(_RECORDS, _SEGMENTS, _OFFSETS)
+def test_both_forms_decode_to_the_record(record, segment, offset):
+    manifest = blocks.encode(Kind.MANIFEST, dumps(record),
+                             compressor=zstandard.ZstdCompressor())
+    committed = instance_for_commit(dumps(record), manifest, segment, offset)
+    record["manifest"] = [segment, offset]
+    for value in (committed, encode_instance(record), dumps(record)):
+        decoded = decode_instance(value, "test")
+        assert decoded == record
+        assert list(decoded)[-1] == "manifest"
+
+
+def test_a_manifest_kept_raw_gives_a_json_record():
+    record = {"sop_instance_uid": "1.2.3"}
+    raw = blocks.seal(Kind.MANIFEST, blocks.digest(dumps(record)),
+                      len(dumps(record)),
+                      blocks.Coded(Codec.RAW, dumps(record)))
+    value = instance_for_commit(dumps(record), raw, 4, 5)
+    assert value == b'{"sop_instance_uid":"1.2.3","manifest":[4,5]}'
+
+
+def test_stored_records_are_their_manifests_payload(tmp_path):
+    """Each stored instance record is the compact form: its manifest's
+    position, then the very payload of its manifest block (codec 4),
+    whose content is ``dumps`` of the record without that position."""
     paths = write_ct_series(tmp_path / "ct", 2, seed=3)
     with Archive(tmp_path / "store") as archive:
         uids = [archive.store(corpus_bytes(name)).sop_instance_uid
@@ -52,10 +90,157 @@ def test_stored_records_and_manifests_are_the_prepared_encoding(tmp_path):
         for uid in uids:
             with archive._index.read() as txn:
                 raw = txn.get(uid.encode(), db=archive._index.db["instances"])
-            record = json.loads(raw)
+            assert raw[0] == COMPACT
+            record = decode_instance(raw, uid)
             assert list(record)[-1] == "manifest"
-            assert raw == dumps(record)
             segment, offset = record.pop("manifest")
+            assert struct.unpack_from("<IQ", raw, 1) == (segment, offset)
             header, content = archive._segments.read(segment, offset)
             assert header.kind is Kind.MANIFEST
+            assert header.codec is Codec.ZSTD_RECORD
             assert content == dumps(record)
+            assert raw[13:] == record_dictionary.compress(content)
+
+
+def test_compact_records_take_less_of_the_index(tmp_path):
+    """The instances of the same files, once with JSON records (the form
+    before index version 3) and once compact: the compact index holds
+    the same records in fewer pages."""
+    sources = [corpus_path(name) for name in (CT_SMALL, MR_SMALL)]
+    sources += write_ct_series(tmp_path / "ct", 6, seed=5)
+    pages = {}
+    for form in ("compact", "json"):
+        store = tmp_path / form
+        with Archive(store) as archive:
+            archive.store_many(sources)
+            expected = {r["SOPInstanceUID"] for r in
+                        archive.find("instance")}
+        if form == "json":
+            _as_json_records(store)
+        with Archive(store, readonly=True) as archive:
+            assert {r["SOPInstanceUID"] for r in
+                    archive.find("instance")} == expected
+            assert not archive.verify().problems
+        pages[form] = _instance_pages(store)
+    assert pages["compact"] < pages["json"]
+
+
+def _as_json_records(store) -> None:
+    env = lmdb.open(str(store / "index"), max_dbs=16)
+    with env.begin(write=True) as txn:
+        db = env.open_db(b"instances", txn=txn)
+        for key, raw in list(txn.cursor(db)):
+            txn.put(key, dumps(decode_instance(raw, "test")), db=db)
+    env.close()
+
+
+def _instance_pages(store) -> int:
+    env = lmdb.open(str(store / "index"), max_dbs=16, readonly=True)
+    with env.begin() as txn:
+        stat = txn.stat(env.open_db(b"instances", txn=txn))
+    env.close()
+    return stat["leaf_pages"] + stat["branch_pages"] + \
+        stat["overflow_pages"]
+
+
+def _compact(payload: bytes) -> bytes:
+    return struct.pack("<BIQ", COMPACT, 1, 2) + payload
+
+
+@pytest.mark.parametrize("value, reason", [
+    (b"", "neither JSON nor compact"),
+    (b"\x07junk", "neither JSON nor compact"),
+    (b"{not json", "not JSON"),
+    (struct.pack("<BIQ", COMPACT, 1, 2), "too few"),
+    (_compact(b"not zstd at all"), "does not decompress"),
+    (_compact(record_dictionary.compress(b'["a list"]')),
+     "without its manifest's place"),
+    (_compact(record_dictionary.compress(b'{"manifest":[1,2]}')),
+     "without its manifest's place"),
+    (_compact(record_dictionary.compress(b'{"a":')), "not JSON"),
+])
+def test_a_damaged_index_value_is_named(value, reason):
+    with pytest.raises(CorruptStoreError, match="index record instance 1.2 "
+                                                "is damaged") as caught:
+        decode_instance(value, "instance 1.2")
+    assert reason in caught.value.reason
+
+
+def test_a_record_frame_stating_a_huge_size_is_refused_unallocated():
+    # zstandard allocates what a frame states: 2**50 bytes here.
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(b"{}")
+    assert frame[4] & 0xC0 == 0   # a 1-byte content size: widen it
+    huge = frame[:4] + bytes([frame[4] | 0xC0]) + \
+        struct.pack("<Q", 1 << 50) + frame[6:]
+    with pytest.raises(CorruptStoreError, match="states 1125899906842624"):
+        decode_instance(_compact(huge), "instance 1.2")
+
+
+def test_the_record_dictionary_is_frozen():
+    """Records and manifests written against it must decompress for
+    the store's life; a changed dictionary is a new codec."""
+    assert hashlib.sha256(record_dictionary.DICTIONARY).hexdigest() == \
+        record_dictionary.DICTIONARY_SHA256
+
+
+def test_verify_names_a_compact_record_that_does_not_decode(tmp_path):
+    """verify names a compact record that does not decode, as it named a
+    JSON one, and leaves it as it is."""
+    with Archive(tmp_path / "store") as archive:
+        uid = archive.store(corpus_bytes(CT_SMALL)).sop_instance_uid
+    env = lmdb.open(str(tmp_path / "store" / "index"), max_dbs=16)
+    with env.begin(write=True) as txn:
+        db = env.open_db(b"instances", txn=txn)
+        damaged = txn.get(uid.encode(), db=db)[:20]
+        txn.put(uid.encode(), damaged, db=db)
+    env.close()
+    with Archive(tmp_path / "store", readonly=True) as archive:
+        report = archive.verify()
+    [problem] = [p for p in report.problems if p.sop_instance_uid == uid]
+    assert problem.message.startswith(
+        f"the index record of instance {uid} is unusable: it does not "
+        f"decompress")
+    env = lmdb.open(str(tmp_path / "store" / "index"), max_dbs=16,
+                    readonly=True)
+    with env.begin() as txn:
+        kept = txn.get(uid.encode(), db=env.open_db(b"instances", txn=txn))
+    env.close()
+    assert kept == damaged
+
+
+def _index_version(store) -> int:
+    env = lmdb.open(str(store / "index"), max_dbs=16, readonly=True)
+    with env.begin() as txn:
+        raw = txn.get(b"format_version", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    return struct.unpack("<I", raw)[0]
+
+
+def test_a_version_2_index_reads_as_it_is_and_upgrades_in_name(tmp_path):
+    """Index version 3 only added the compact form: a version 2 index
+    (JSON records) is read as it is, by a reader too, and a writer
+    raises its version without rewriting a record."""
+    store = tmp_path / "store"
+    with Archive(store) as archive:
+        old = archive.store(corpus_bytes(CT_SMALL)).sop_instance_uid
+    _as_json_records(store)
+    env = lmdb.open(str(store / "index"), max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(b"format_version", struct.pack("<I", 2),
+                db=env.open_db(b"meta", txn=txn))
+        json_value = txn.get(old.encode(),
+                             db=env.open_db(b"instances", txn=txn))
+    env.close()
+    assert json_value.startswith(b"{")
+    with Archive(store, readonly=True) as reader:
+        assert reader.get(old) == corpus_bytes(CT_SMALL)
+    assert _index_version(store) == 2
+    with Archive(store) as writer:
+        new = writer.store(corpus_bytes(MR_SMALL)).sop_instance_uid
+        assert writer.get(old) == corpus_bytes(CT_SMALL)
+        assert writer.verify().ok
+        with writer._index.read() as txn:
+            instances = writer._index.db["instances"]
+            assert txn.get(old.encode(), db=instances) == json_value
+            assert txn.get(new.encode(), db=instances)[0] == COMPACT
+    assert _index_version(store) == 3

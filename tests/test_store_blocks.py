@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 
 import pytest
 import zstandard
 
 from pacsstore import CorruptStoreError, NewerFormatError, NotAStoreError
+from pacsstore._assemble import FileAssembly
 from pacsstore.store import blocks, segments
 from pacsstore.store.blocks import Codec, Kind
 from pacsstore.store.segments import SegmentReader, SegmentWriter
@@ -69,6 +72,42 @@ def test_block_newer_version_and_foreign_magic():
         blocks.parse_header(newer, "test")
     with pytest.raises(CorruptStoreError, match="magic"):
         blocks.parse_header(b"JUNK" + block.header[4:], "test")
+
+
+def _stating(block: blocks.EncodedBlock, stated: int) -> tuple[bytes, bytes]:
+    """``block`` with its zstd frame made to state ``stated`` content
+    bytes in an 8-byte field, and its CRC32 made to match: damage the
+    CRC cannot see."""
+    frame = block.payload
+    descriptor = frame[4]
+    assert descriptor & 0x20 and descriptor & 0xC0 == 0x80   # 4 bytes
+    payload = frame[:4] + bytes([descriptor | 0xC0]) + \
+        struct.pack("<Q", stated) + frame[9:]
+    head = bytearray(block.header)
+    struct.pack_into("<Q", head, 48, len(payload))
+    struct.pack_into("<I", head, 60, zlib.crc32(
+        payload, zlib.crc32(bytes(head[:60]))))
+    return bytes(head), payload
+
+
+@pytest.mark.parametrize("kind, codec", [(Kind.HEADER, Codec.ZSTD),
+                                         (Kind.MANIFEST, Codec.ZSTD_RECORD)])
+def test_a_frame_stating_a_huge_content_size_sizes_no_allocation(kind,
+                                                                 codec):
+    """zstandard allocates the content size a frame states, whatever the
+    limit it is given: a block whose frame stated 2**50 bytes failed with
+    a bare MemoryError instead of CorruptStoreError."""
+    content = b'{"record":"' + bytes(range(48, 58)) * 10_000 + b'"}'
+    block = blocks.encode(kind, content, compressor=COMPRESSOR)
+    assert block.codec is codec
+    head, payload = _stating(block, 1 << 50)
+    header = blocks.parse_header(head, "test")
+    says = f"zstd frame of {1 << 50} bytes; its header says {len(content)}"
+    with pytest.raises(CorruptStoreError, match=says):
+        blocks.decode(header, head, payload, "test")
+    with pytest.raises(CorruptStoreError, match=says):
+        blocks.decode_onto(header, head, payload, "test",
+                           FileAssembly(len(content)))
 
 
 def test_segment_foreign_file_is_not_a_store(tmp_path):

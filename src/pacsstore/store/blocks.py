@@ -20,7 +20,8 @@ Native frames of 16-bit samples go through the ``planes16`` filter
 (store/filters.py) and each of its planes is compressed on its own
 (planes16_encoder): smaller and faster than zstd alone. The name stays
 the digest of the unfiltered content, so a frame is one block whichever
-codec stored it.
+codec stored it. A manifest (an instance record) is compressed against
+a frozen dictionary of what records repeat (store/record_dictionary.py).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from pacsstore._assemble import (
     PlanesDecoder,
 )
 from pacsstore._filters import PlanesEncoder
-from pacsstore.store import filters
+from pacsstore.store import filters, record_dictionary
 from pacsstore.store.scratch import ThreadScratch
 
 # What a block's bytes may come as: a payload read into a reused buffer
@@ -61,7 +62,7 @@ BLOCK_MAGIC = b"PSBK"
 # so an older reader still reads every block of a store whose codec it
 # knows, and refuses a newer one with NewerFormatError rather than
 # calling it damaged.
-BLOCK_FORMAT_VERSION = 3
+BLOCK_FORMAT_VERSION = 4
 
 # magic, version, kind, codec, flags, sha256, raw length, stored length,
 # reserved, crc32. The CRC covers the first 60 bytes and the payload.
@@ -93,11 +94,14 @@ class Codec(enum.IntEnum):
     # the settings that suit it (planes16_encoder), the frames one after
     # another: a zstd stream that decompresses to the planes in order.
     PLANES16_ZSTD_PER_PLANE = 3
+    # zstd against the frozen record dictionary (record_dictionary.py):
+    # manifest blocks, which are instance records.
+    ZSTD_RECORD = 4
 
 
 # The block format version each codec first appeared in.
 _VERSION_OF = {Codec.RAW: 1, Codec.ZSTD: 1, Codec.PLANES16_ZSTD: 2,
-               Codec.PLANES16_ZSTD_PER_PLANE: 3}
+               Codec.PLANES16_ZSTD_PER_PLANE: 3, Codec.ZSTD_RECORD: 4}
 # Codecs whose payload decompresses to the planes16 form of the content.
 _PLANES_CODECS = frozenset((Codec.PLANES16_ZSTD,
                             Codec.PLANES16_ZSTD_PER_PLANE))
@@ -212,6 +216,8 @@ def _compress(kind: Kind, content: bytes | memoryview,
     if filtered:
         encoder = planes_encoder or _default_planes_encoder()
         return Codec.PLANES16_ZSTD_PER_PLANE, encoder.encode(content)
+    if kind is Kind.MANIFEST:
+        return Codec.ZSTD_RECORD, record_dictionary.compress(content)
     return Codec.ZSTD, compressor.compress(content)
 
 
@@ -457,6 +463,8 @@ def _decompress(header: BlockHeader, payload: Buffer, where: str) -> bytes:
     if header.codec is Codec.RAW:
         # A copy: the payload may be a reused read buffer.
         content = bytes(payload)
+    elif header.codec is Codec.ZSTD_RECORD:
+        content = unzstd_record(payload, header.raw_length, where)
     else:
         content = _unzstd(payload, header.raw_length, where)
     if len(content) != header.raw_length:
@@ -491,9 +499,30 @@ def _planes_decoder() -> PlanesDecoder:
 def _unzstd(payload: Buffer, limit: int, where: str) -> bytes:
     """Decompress a zstd frame, refusing output beyond ``limit`` bytes."""
     try:
+        _check_content_size(payload, limit, where)
         return _decompressor().decompress(payload, max_output_size=limit)
     except zstandard.ZstdError as exc:
         raise _zstd_error(exc, where) from None
+
+
+def unzstd_record(payload: Buffer, limit: int, where: str) -> bytes:
+    """``_unzstd`` of a frame compressed against the record dictionary."""
+    try:
+        _check_content_size(payload, limit, where)
+        return record_dictionary.decompress(payload, limit)
+    except zstandard.ZstdError as exc:
+        raise _zstd_error(exc, where) from None
+
+
+def _check_content_size(payload: Buffer, limit: int, where: str) -> None:
+    """Refuse a frame that states more content than ``limit``: zstandard
+    allocates what a frame states, whatever its ``max_output_size``, so
+    a damaged size would size an allocation (2**50 bytes: MemoryError)."""
+    stated = zstandard.frame_content_size(payload)
+    if stated > limit:
+        raise CorruptStoreError(
+            f"block at {where} holds a zstd frame of {stated} bytes; "
+            f"its header says {limit}")
 
 
 def check_magic(raw: bytes, magic: bytes, what: str) -> None:

@@ -60,8 +60,9 @@ from pacsstore.store import policy, results
 from pacsstore.store.blocks import EncodedBlock
 from pacsstore.store.faults import crash_point
 from pacsstore.store.hierarchy import link_instance, unlink_instance
-from pacsstore.store.index import BlockEntry, Index, with_manifest
+from pacsstore.store.index import BlockEntry, Index
 from pacsstore.store.prepare import PlacedBlock, Prepared
+from pacsstore.store.records import instance_for_commit
 from pacsstore.store.results import StoreResult
 from pacsstore.store.segments import SegmentWriter, StreamSegments
 
@@ -375,8 +376,8 @@ class Committer:
             self._writer.take_stream(item.stream)
         written, deduplicated = self._add_blocks(txn, item)
         written += self._add_manifest(item)
-        self._index.put_encoded_instance(txn, item.uid, with_manifest(
-            item.encoded_record, *record["manifest"]))
+        self._index.put_encoded_instance(txn, item.uid, instance_for_commit(
+            item.encoded_record, item.manifest, *record["manifest"]))
         link_instance(self._index, txn, record)
         self._index.add_counter(txn, LOGICAL_BYTES, record["size"])
         return result_for(record, status, written=written,
@@ -430,7 +431,7 @@ class Committer:
         """The manifest goes into the segment (for rebuilding the index)
         and its position into the record; it is not a shared block. The
         index record is the manifest's content with that position, so
-        it is the prepared encoding with the position added."""
+        it is made of the manifest's payload (records.py)."""
         block = item.manifest
         if block is None:
             raise AssertionError(f"instance {item.uid} reached the "

@@ -45,8 +45,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
+import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -59,17 +59,27 @@ import lmdb
 from pacsstore.errors import (
     AlreadyOpenError,
     ArchiveClosedError,
-    CorruptStoreError,
     NewerFormatError,
     OutOfSpaceError,
     StoreFormatError,
+)
+from pacsstore.store.records import (
+    decode_instance,
+    dumps,
+    encode_instance,
+    loads,
 )
 
 log = logging.getLogger(__name__)
 
 # 2: patient, study and series records carry their counts; the
 # attribute indexes (the "attributes" database) exist.
-INDEX_FORMAT_VERSION = 2
+# 3: instance records may be compact (records.py); JSON ones stay.
+INDEX_FORMAT_VERSION = 3
+# The oldest version this pacsstore reads without an upgrade: version 3
+# only added a form of instance record, so a version 2 index reads as
+# it is.
+_READS_AS_IT_IS = 2
 
 # A fresh map is small (it is a sparse file, but some filesystems and
 # backups see its full size); doubling reaches any size in a few steps.
@@ -140,36 +150,6 @@ def key(value: str) -> bytes:
 
 def unkey(raw: bytes) -> str:
     return "" if raw == b"\x00" else raw.decode("utf-8")
-
-
-# What json.dumps(record, separators=(",", ":"), ensure_ascii=False)
-# builds on every call, built once; the bytes are the same. Records are
-# trees our code builds, so the check for circular references is off.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
-                            check_circular=False)
-
-
-def dumps(record: dict[str, Any]) -> bytes:
-    return _ENCODER.encode(record).encode("utf-8")
-
-
-def with_manifest(encoded: bytes, segment: int, offset: int) -> bytes:
-    """``dumps`` of a record once ``"manifest": [segment, offset]`` is
-    added to it as its last key, from ``encoded``, the ``dumps`` of the
-    record before: the instance record is the manifest's content plus
-    where the manifest lies, so it is encoded once, not twice."""
-    if not (encoded.startswith(b"{") and encoded.endswith(b"}")) or \
-            encoded == b"{}":
-        raise ValueError("not the encoding of a record with keys")
-    return b'%s,"manifest":[%d,%d]}' % (encoded[:-1], segment, offset)
-
-
-def loads(raw: bytes, where: str) -> dict[str, Any]:
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        raise CorruptStoreError(f"index record {where} is damaged: "
-                                f"{exc}") from None
 
 
 class _Gate:
@@ -268,6 +248,7 @@ class Index:
     def __init__(self, path: Path, *, readonly: bool,
                  map_size: int = DEFAULT_MAP_SIZE,
                  max_map_size: int = DEFAULT_MAX_MAP_SIZE) -> None:
+        self.path = path
         self.readonly = readonly
         self.max_map_size = max_map_size
         self._gate = _Gate(f"the store at {path.parent} is closed; open "
@@ -335,6 +316,8 @@ class Index:
                 f"the index has format version {version}; this pacsstore "
                 f"reads up to {INDEX_FORMAT_VERSION}")
         if version < INDEX_FORMAT_VERSION:
+            if self.readonly and version >= _READS_AS_IT_IS:
+                return
             if self.readonly:
                 raise StoreFormatError(
                     f"the index has format version {version} and needs an "
@@ -345,7 +328,8 @@ class Index:
 
     def _upgrade(self, version: int) -> None:
         """Rebuild what version 2 added (counts on the level records,
-        the attribute indexes) from the instance records."""
+        the attribute indexes) from the instance records. Version 3 needs
+        nothing rebuilt: its JSON instance records stay as they are."""
         # The hierarchy imports this module, so it is imported here, on
         # the rare open that needs it.
         from pacsstore.store import hierarchy
@@ -354,7 +338,8 @@ class Index:
                  version, INDEX_FORMAT_VERSION)
 
         def work(txn: lmdb.Transaction) -> None:
-            hierarchy.rebuild_from_instances(self, txn)
+            if version < 2:
+                hierarchy.rebuild_from_instances(self, txn)
             txn.put(b"format_version", _U32.pack(INDEX_FORMAT_VERSION),
                     db=self.db["meta"])
 
@@ -389,11 +374,14 @@ class Index:
                     on_retry()
                 self._grow()
             except lmdb.DiskError as exc:  # ENOSPC writing the pages
-                raise OutOfSpaceError(
-                    errno.ENOSPC, f"no space left on the disk while "
-                                  f"committing the index ({exc}); nothing "
-                                  f"of this batch was acknowledged"
-                ) from exc
+                raise _out_of_space(exc) from exc
+            except lmdb.Error as exc:
+                # LMDB reports a write of its pages that the disk cut
+                # short as EIO: on a full disk, that is what ENOSPC looks
+                # like.
+                if not _nearly_full(self.path):
+                    raise
+                raise _out_of_space(exc) from exc
 
     def _buffering(self, txn: lmdb.Transaction,
                    work: Callable[[lmdb.Transaction], T]) -> T:
@@ -490,7 +478,7 @@ class Index:
     def _stored_record(self, txn: lmdb.Transaction, level: str,
                        name: str) -> dict[str, Any] | None:
         raw = txn.get(key(name), db=self.db[_plural(level)])
-        return None if raw is None else loads(raw, f"{level} {name}")
+        return None if raw is None else _decode(level, name, raw)
 
     def _make_room(self, buffered: _Buffered) -> None:
         if len(buffered.records) >= MAX_BUFFERED_RECORDS:
@@ -503,8 +491,8 @@ class Index:
 
     def put_encoded_instance(self, txn: lmdb.Transaction, uid: str,
                              encoded: bytes) -> None:
-        """Put an instance record the caller has encoded (``dumps``, or
-        ``with_manifest``); instance records are not buffered."""
+        """Put an instance record the caller has encoded (see
+        records.py); instance records are not buffered."""
         txn.put(key(uid), encoded, db=self.db["instances"])
 
     def delete_record(self, txn: lmdb.Transaction, level: str,
@@ -523,14 +511,15 @@ class Index:
         elif record is None:
             txn.delete(key(name), db=self.db[_plural(level)])
         else:
-            txn.put(key(name), dumps(record), db=self.db[_plural(level)])
+            txn.put(key(name), _encode(level, record),
+                    db=self.db[_plural(level)])
 
     def records(self, txn: lmdb.Transaction,
                 level: str) -> Iterator[tuple[str, dict[str, Any]]]:
         self._written_through(txn, level)
         for raw_key, raw in txn.cursor(db=self.db[_plural(level)]):
             name = unkey(raw_key)
-            yield name, loads(raw, f"{level} {name}")
+            yield name, _decode(level, name, raw)
 
     def link(self, txn: lmdb.Transaction, level: str, parent: str,
              child: str) -> None:
@@ -660,7 +649,7 @@ class _DecodedRecords:
     so a replaced instance is never answered from an old record. Small
     records are decoded each time: that is as cheap as keeping them."""
 
-    SMALLEST = 16 << 10
+    SMALLEST = 8 << 10   # stored bytes: compact, about half the JSON
     ENTRIES = 64
 
     def __init__(self) -> None:
@@ -669,17 +658,49 @@ class _DecodedRecords:
 
     def record(self, uid: str, raw: bytes) -> dict[str, Any]:
         if len(raw) < self.SMALLEST:
-            return loads(raw, f"instance {uid}")
+            return decode_instance(raw, f"instance {uid}")
         with self._lock:
             kept = self._kept.get(uid)
         if kept is not None and kept[0] == raw:
             return kept[1]
-        record = loads(raw, f"instance {uid}")
+        record = decode_instance(raw, f"instance {uid}")
         with self._lock:
             if len(self._kept) >= self.ENTRIES:
                 self._kept.pop(next(iter(self._kept)))
             self._kept[uid] = (bytes(raw), record)
         return record
+
+
+def _out_of_space(exc: lmdb.Error) -> OutOfSpaceError:
+    return OutOfSpaceError(
+        errno.ENOSPC, f"no space left on the disk while committing the "
+                      f"index ({exc}); nothing of this batch was "
+                      f"acknowledged")
+
+
+# Free bytes below which a failed write of the index is taken for a full
+# disk: LMDB writes a commit's pages in runs of up to a megabyte or so.
+_NEARLY_FULL = 1 << 20
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < _NEARLY_FULL
+
+
+def _encode(level: str, record: dict[str, Any]) -> bytes:
+    if level == "instance" and "manifest" in record:
+        return encode_instance(record)
+    return dumps(record)
+
+
+def _decode(level: str, name: str, raw: bytes) -> dict[str, Any]:
+    if level == "instance":
+        return decode_instance(raw, f"instance {name}")
+    return loads(raw, f"{level} {name}")
 
 
 def _plural(level: str) -> str:

@@ -40,7 +40,8 @@ from pacsstore._filters import PlanesEncoder
 from pacsstore.errors import MalformedDicomError, NotStorableError
 from pacsstore.store import blocks, layout
 from pacsstore.store.blocks import EncodedBlock, Kind
-from pacsstore.store.index import MAX_KEY_BYTES, Index, dumps
+from pacsstore.store.index import MAX_KEY_BYTES, Index
+from pacsstore.store.records import dumps
 from pacsstore.store.segments import StreamSegments
 
 # A cut in the content digest: offset in the dataset, length, block,
@@ -90,7 +91,7 @@ class Prepared:
     encoded: dict[bytes, EncodedBlock] = field(default_factory=dict)
     placed: dict[bytes, PlacedBlock] = field(default_factory=dict)
     stream: StreamSegments | None = None
-    # The record, final once prepared, encoded (index.dumps), and the
+    # The record, final once prepared, encoded (records.dumps), and the
     # manifest block of it: made here, on the preparing threads, rather
     # than in the committer, which every instance waits on in turn.
     encoded_record: bytes = b""

@@ -61,6 +61,7 @@ from pacsstore.store.index import (
     dumps,
     unkey,
 )
+from pacsstore.store.records import DamagedRecord, decode_instance
 from pacsstore.store.segments import SegmentReader, segment_path
 
 log = logging.getLogger(__name__)
@@ -394,9 +395,9 @@ class _Verification:
 
     def load_record(self, uid: str, raw: bytes) -> dict[str, Any] | None:
         try:
-            record = json.loads(raw)
-        except ValueError as exc:
-            defect = f"not JSON ({exc})"
+            record = decode_instance(raw, f"instance {uid}")
+        except DamagedRecord as exc:
+            defect = exc.reason
         else:
             defect = record_defect(record)
             if defect is None and record["sop_instance_uid"] != uid:
