@@ -7,6 +7,7 @@ forms, and a damaged index value must say so rather than decode."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import struct
 
 import lmdb
@@ -15,7 +16,7 @@ import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pacsstore import Archive
+from pacsstore import Archive, rebuild_index
 from pacsstore.errors import CorruptStoreError
 from pacsstore.store import blocks, record_dictionary
 from pacsstore.store.blocks import Codec, Kind
@@ -244,3 +245,30 @@ def test_a_version_2_index_reads_as_it_is_and_upgrades_in_name(tmp_path):
             assert txn.get(old.encode(), db=instances) == json_value
             assert txn.get(new.encode(), db=instances)[0] == COMPACT
     assert _index_version(store) == 3
+
+
+def test_a_rebuilt_index_holds_compact_records(tmp_path):
+    """rebuild-index writes every instance record compact, those of a
+    version 2 index's JSON records included, and the same records."""
+    store = tmp_path / "store"
+    with Archive(store) as archive:
+        archive.store_many([corpus_path(n) for n in (CT_SMALL, MR_SMALL)])
+    _as_json_records(store)
+    before = _instance_values(store)
+    assert all(raw.startswith(b"{") for raw in before.values())
+    shutil.rmtree(store / "index")
+    rebuild_index(store)
+    after = _instance_values(store)
+    assert after.keys() == before.keys()
+    for uid, raw in after.items():
+        assert raw[0] == COMPACT
+        assert decode_instance(raw, uid) == decode_instance(before[uid], uid)
+
+
+def _instance_values(store) -> dict[str, bytes]:
+    env = lmdb.open(str(store / "index"), max_dbs=16, readonly=True)
+    with env.begin() as txn:
+        values = {key.decode(): raw for key, raw in
+                  txn.cursor(env.open_db(b"instances", txn=txn))}
+    env.close()
+    return values
