@@ -159,6 +159,9 @@ def _compact(payload: bytes) -> bytes:
     (_compact(record_dictionary.compress(b'{"manifest":[1,2]}')),
      "without its manifest's place"),
     (_compact(record_dictionary.compress(b'{"a":')), "not JSON"),
+    (b'{"a":' + b"[" * 100_000, "nested too deep"),
+    (_compact(record_dictionary.compress(b"[" * 100_000)),
+     "nested too deep"),
 ])
 def test_a_damaged_index_value_is_named(value, reason):
     with pytest.raises(CorruptStoreError, match="index record instance 1.2 "

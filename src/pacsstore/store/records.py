@@ -131,3 +131,6 @@ def loads(raw: bytes, where: str) -> Any:
         return json.loads(raw)
     except ValueError as exc:
         raise DamagedRecord(where, f"not JSON ({exc})") from None
+    except RecursionError:
+        # Arrays nested some thousands deep: no record is.
+        raise DamagedRecord(where, "JSON nested too deep") from None
