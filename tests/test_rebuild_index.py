@@ -383,6 +383,24 @@ def test_rebuild_refuses_what_a_newer_version_wrote(populated, newer, says):
         "PACSSTORE", "index", "lock", "segments"]
 
 
+def test_rebuild_reports_a_manifest_of_json_nested_too_deep(populated):
+    """A sound block whose JSON json.loads cannot parse for recursion:
+    that raised a bare RecursionError out of the rebuild."""
+    store, expected = populated
+    block = blocks.encode(Kind.MANIFEST, b"[" * 100_000 + b"]" * 100_000,
+                          compressor=zstandard.ZstdCompressor())
+    last = max((store / "segments").glob("*.seg"))
+    with open(last, "ab") as handle:
+        handle.write(block.header + block.payload)
+
+    report = rebuild_index(store)
+
+    (problem,) = report.problems
+    assert "nested too deep" in problem.message
+    with Archive(store, readonly=True) as archive:
+        assert len(archive.find("instance")) == len(expected)
+
+
 HOLDER = textwrap.dedent("""
     import sys
     from pacsstore import Archive

@@ -72,6 +72,7 @@ from pacsstore.store.index import (
     BlockEntry,
     Index,
 )
+from pacsstore.store.records import DamagedRecord, loads
 from pacsstore.store.segments import HEADER_SIZE, fsync_directory
 from pacsstore.store.verify import (
     DAMAGED_BLOCK,
@@ -359,9 +360,9 @@ def _manifest_record(found: scan.Intact,
                      problems: list[Problem]) -> dict[str, Any] | None:
     """The instance record a manifest holds, or None (and a problem)."""
     try:
-        record = json.loads(found.content)
-    except ValueError as exc:
-        record, defect = None, f"not JSON ({exc})"
+        record = loads(found.content, "of the manifest")
+    except DamagedRecord as exc:
+        record, defect = None, exc.reason
     else:
         _check_version(record, found)
         defect = record_defect(record)

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import re
 import sqlite3
@@ -61,7 +60,7 @@ from pacsstore.store.index import (
     dumps,
     unkey,
 )
-from pacsstore.store.records import DamagedRecord, decode_instance
+from pacsstore.store.records import DamagedRecord, decode_instance, loads
 from pacsstore.store.segments import SegmentReader, segment_path
 
 log = logging.getLogger(__name__)
@@ -500,8 +499,8 @@ class _Verification:
                          record: dict[str, Any]) -> str:
         try:
             _, content = self.reader.read(*place)
-            manifest = json.loads(content)
-        except (StoreFormatError, ValueError):
+            manifest = loads(content, "of the manifest")
+        except StoreFormatError:
             return "content"
         if not isinstance(manifest, dict):
             return "content"
