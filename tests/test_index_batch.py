@@ -302,4 +302,4 @@ def _json_of(database: str, raw: bytes) -> bytes:
     if database != "instances":
         return raw
     assert raw[0] == records.COMPACT
-    return record_dictionary.decompress(raw[13:], 1 << 20)
+    return record_dictionary.decompressor().decompress(raw[13:])

@@ -58,7 +58,13 @@ def test_only_the_encoding_of_a_record_with_keys_takes_a_position(encoded):
         with_manifest(encoded, 1, 2)
 
 
-@given(_RECORDS, _SEGMENTS, _OFFSETS)
+# The fields every instance record has (records._FIELDS).
+_FIELDS = {"sop_instance_uid": "1.2", "patient": "", "study": "1.3",
+           "series": "1.4", "size": 0, "sha256": "", "header": "",
+           "blocks": [], "attributes": {}, "cuts": []}
+
+
+@given(_RECORDS.map(lambda more: {**_FIELDS, **more}), _SEGMENTS, _OFFSETS)
 def test_both_forms_decode_to_the_record(record, segment, offset):
     manifest = blocks.encode(Kind.MANIFEST, dumps(record),
                              compressor=zstandard.ZstdCompressor())
@@ -71,12 +77,13 @@ def test_both_forms_decode_to_the_record(record, segment, offset):
 
 
 def test_a_manifest_kept_raw_gives_a_json_record():
-    record = {"sop_instance_uid": "1.2.3"}
+    record = dict(_FIELDS)
     raw = blocks.seal(Kind.MANIFEST, blocks.digest(dumps(record)),
                       len(dumps(record)),
                       blocks.Coded(Codec.RAW, dumps(record)))
     value = instance_for_commit(dumps(record), raw, 4, 5)
-    assert value == b'{"sop_instance_uid":"1.2.3","manifest":[4,5]}'
+    assert value == dumps({**record, "manifest": [4, 5]})
+    assert decode_instance(value, "test") == {**record, "manifest": [4, 5]}
 
 
 def test_stored_records_are_their_manifests_payload(tmp_path):
@@ -159,6 +166,17 @@ def _compact(payload: bytes) -> bytes:
     (_compact(record_dictionary.compress(b'{"manifest":[1,2]}')),
      "without its manifest's place"),
     (_compact(record_dictionary.compress(b'{"a":')), "not JSON"),
+    (_compact(record_dictionary.compress(b'{"a":1}')),
+     "lacks the field(s) attributes, blocks, cuts, header, patient"),
+    (b'{"a":1}', "lacks the field(s) attributes, blocks"),
+    (b"[1]", "neither JSON nor compact"),
+    (_compact(record_dictionary.compress(dumps(_FIELDS)) + b"trailing"),
+     "has 8 bytes after its zstd frame"),
+    (_compact(record_dictionary.compress(dumps(_FIELDS))[:-2]),
+     "cut short"),
+    (_compact(zstandard.ZstdCompressor(
+        write_content_size=False).compress(b"{}" * 1000)),
+     "does not state its content size"),
     (b'{"a":' + b"[" * 100_000, "nested too deep"),
     (_compact(record_dictionary.compress(b"[" * 100_000)),
      "nested too deep"),
@@ -176,7 +194,8 @@ def test_a_record_frame_stating_a_huge_size_is_refused_unallocated():
     assert frame[4] & 0xC0 == 0   # a 1-byte content size: widen it
     huge = frame[:4] + bytes([frame[4] | 0xC0]) + \
         struct.pack("<Q", 1 << 50) + frame[6:]
-    with pytest.raises(CorruptStoreError, match="states 1125899906842624"):
+    with pytest.raises(CorruptStoreError,
+                       match="zstd frame of 1125899906842624 bytes"):
         decode_instance(_compact(huge), "instance 1.2")
 
 
@@ -201,9 +220,8 @@ def test_verify_names_a_compact_record_that_does_not_decode(tmp_path):
     with Archive(tmp_path / "store", readonly=True) as archive:
         report = archive.verify()
     [problem] = [p for p in report.problems if p.sop_instance_uid == uid]
-    assert problem.message.startswith(
-        f"the index record of instance {uid} is unusable: it does not "
-        f"decompress")
+    assert problem.message == (f"the index record of instance {uid} is "
+                               f"unusable: it holds a zstd frame cut short")
     env = lmdb.open(str(tmp_path / "store" / "index"), max_dbs=16,
                     readonly=True)
     with env.begin() as txn:

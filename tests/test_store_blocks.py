@@ -11,7 +11,7 @@ import zstandard
 
 from pacsstore import CorruptStoreError, NewerFormatError, NotAStoreError
 from pacsstore._assemble import FileAssembly
-from pacsstore.store import blocks, segments
+from pacsstore.store import blocks, record_dictionary, segments
 from pacsstore.store.blocks import Codec, Kind
 from pacsstore.store.segments import SegmentReader, SegmentWriter
 from test_store_support import EMRI_10_FRAMES, corpus_bytes
@@ -102,12 +102,56 @@ def test_a_frame_stating_a_huge_content_size_sizes_no_allocation(kind,
     assert block.codec is codec
     head, payload = _stating(block, 1 << 50)
     header = blocks.parse_header(head, "test")
-    says = f"zstd frame of {1 << 50} bytes; its header says {len(content)}"
+    says = (f"zstd frame of {1 << 50} bytes; at most {len(content)} are "
+            f"possible")
     with pytest.raises(CorruptStoreError, match=says):
         blocks.decode(header, head, payload, "test")
     with pytest.raises(CorruptStoreError, match=says):
         blocks.decode_onto(header, head, payload, "test",
                            FileAssembly(len(content)))
+
+
+def _resealed(block: blocks.EncodedBlock, payload: bytes,
+              raw_length: int) -> tuple[blocks.BlockHeader, bytes, bytes]:
+    head = bytearray(block.header)
+    struct.pack_into("<Q", head, 40, raw_length)
+    struct.pack_into("<Q", head, 48, len(payload))
+    struct.pack_into("<I", head, 60, zlib.crc32(
+        payload, zlib.crc32(bytes(head[:60]))))
+    return blocks.parse_header(bytes(head), "test"), bytes(head), payload
+
+
+def _without_content_size(block: blocks.EncodedBlock) -> bytes:
+    dictionary = (record_dictionary._dictionary
+                  if block.codec is Codec.ZSTD_RECORD else None)
+    content = blocks.decode(blocks.parse_header(block.header, "t"),
+                            block.header, block.payload, "t")
+    return zstandard.ZstdCompressor(
+        dict_data=dictionary, write_content_size=False,
+        write_dict_id=False).compress(content)
+
+
+@pytest.mark.parametrize("kind", [Kind.HEADER, Kind.MANIFEST])
+@pytest.mark.parametrize("damage, says", [
+    # A frame that states no content size, in a block that states 1 TiB:
+    # zstandard allocated the whole TiB (MemoryError).
+    ("no size", "holds a zstd frame that does not state its content "
+                "size"),
+    ("trailing", "has 5 bytes after its zstd frame"),
+    ("cut", "holds a zstd frame cut short"),
+])
+def test_a_payload_that_is_not_one_sound_frame_is_damage(kind, damage,
+                                                         says):
+    content = b'{"record":"' + bytes(range(48, 58)) * 1000 + b'"}'
+    block = blocks.encode(kind, content, compressor=COMPRESSOR)
+    payload, raw_length = {
+        "no size": (_without_content_size(block), 1 << 40),
+        "trailing": (block.payload + b"extra", len(content)),
+        "cut": (block.payload[:-4], len(content)),
+    }[damage]
+    header, head, payload = _resealed(block, payload, raw_length)
+    with pytest.raises(CorruptStoreError, match=says):
+        blocks.decode(header, head, payload, "test")
 
 
 def test_segment_foreign_file_is_not_a_store(tmp_path):

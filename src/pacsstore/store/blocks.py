@@ -49,7 +49,7 @@ from pacsstore._assemble import (
     PlanesDecoder,
 )
 from pacsstore._filters import PlanesEncoder
-from pacsstore.store import filters, record_dictionary
+from pacsstore.store import filters, record_dictionary, zstd_frames
 from pacsstore.store.scratch import ThreadScratch
 
 # What a block's bytes may come as: a payload read into a reused buffer
@@ -338,9 +338,6 @@ def decode(header: BlockHeader, raw_header: bytes, payload: Buffer,
     return content
 
 
-# zstd's largest expansion: a block of 4 bytes (an RLE block) stands for
-# at most 128 KiB.
-_ZSTD_MAX_EXPANSION = (128 << 10) // 4
 
 
 def _check_planes_fit(header: BlockHeader, raw_header: bytes,
@@ -349,7 +346,7 @@ def _check_planes_fit(header: BlockHeader, raw_header: bytes,
     to is damaged, and must not size an allocation: the checks in order
     (the CRC first), then that refusal."""
     length = filters.planes16_length(header.raw_length)
-    if length > _ZSTD_MAX_EXPANSION * len(payload):
+    if length > zstd_frames.MAX_EXPANSION * len(payload):
         _check_payload(header, raw_header, payload, where)
         raise CorruptStoreError(
             f"block at {where} states {header.raw_length} content bytes, "
@@ -464,9 +461,11 @@ def _decompress(header: BlockHeader, payload: Buffer, where: str) -> bytes:
         # A copy: the payload may be a reused read buffer.
         content = bytes(payload)
     elif header.codec is Codec.ZSTD_RECORD:
-        content = unzstd_record(payload, header.raw_length, where)
+        content = _unzstd(record_dictionary.decompressor(), payload,
+                          header.raw_length, where)
     else:
-        content = _unzstd(payload, header.raw_length, where)
+        content = _unzstd(_decompressor(), payload, header.raw_length,
+                          where)
     if len(content) != header.raw_length:
         raise CorruptStoreError(
             f"block at {where} decodes to {len(content)} bytes; its "
@@ -496,33 +495,14 @@ def _planes_decoder() -> PlanesDecoder:
     return found
 
 
-def _unzstd(payload: Buffer, limit: int, where: str) -> bytes:
-    """Decompress a zstd frame, refusing output beyond ``limit`` bytes."""
+def _unzstd(decompressor: zstandard.ZstdDecompressor, payload: Buffer,
+            limit: int, where: str) -> bytes:
+    """Decompress a payload of one zstd frame, refusing more than
+    ``limit`` bytes (zstd_frames.py)."""
     try:
-        _check_content_size(payload, limit, where)
-        return _decompressor().decompress(payload, max_output_size=limit)
-    except zstandard.ZstdError as exc:
-        raise _zstd_error(exc, where) from None
-
-
-def unzstd_record(payload: Buffer, limit: int, where: str) -> bytes:
-    """``_unzstd`` of a frame compressed against the record dictionary."""
-    try:
-        _check_content_size(payload, limit, where)
-        return record_dictionary.decompress(payload, limit)
-    except zstandard.ZstdError as exc:
-        raise _zstd_error(exc, where) from None
-
-
-def _check_content_size(payload: Buffer, limit: int, where: str) -> None:
-    """Refuse a frame that states more content than ``limit``: zstandard
-    allocates what a frame states, whatever its ``max_output_size``, so
-    a damaged size would size an allocation (2**50 bytes: MemoryError)."""
-    stated = zstandard.frame_content_size(payload)
-    if stated > limit:
-        raise CorruptStoreError(
-            f"block at {where} holds a zstd frame of {stated} bytes; "
-            f"its header says {limit}")
+        return zstd_frames.content_of(decompressor, payload, limit)
+    except zstd_frames.FrameDamage as exc:
+        raise CorruptStoreError(f"block at {where} {exc}") from None
 
 
 def check_magic(raw: bytes, magic: bytes, what: str) -> None:

@@ -139,11 +139,10 @@ def compress(record: bytes) -> bytes:
     return found.compress(record)
 
 
-def decompress(frame: bytes | memoryview, limit: int) -> bytes:
-    """The content of a frame ``compress`` made; zstandard.ZstdError when
-    it is not one, or when it would be longer than ``limit`` bytes."""
+def decompressor() -> zstandard.ZstdDecompressor:
+    """This thread's decompression context with the dictionary."""
     found = getattr(_local, "decompressor", None)
     if found is None:
         found = _local.decompressor = zstandard.ZstdDecompressor(
             dict_data=_dictionary)
-    return found.decompress(frame, max_output_size=limit)
+    return found

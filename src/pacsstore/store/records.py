@@ -27,19 +27,13 @@ import json
 import struct
 from typing import Any
 
-import zstandard
-
 from pacsstore.errors import CorruptStoreError
-from pacsstore.store import record_dictionary
+from pacsstore.store import record_dictionary, zstd_frames
 from pacsstore.store.blocks import Codec, EncodedBlock
 
 COMPACT = 0x01
 _JSON = ord("{")
 _POSITION = struct.Struct("<BIQ")   # the form, segment, offset
-# zstd's largest expansion of a frame (an RLE block of 4 bytes stands
-# for 128 KiB): a frame stating more content than this is damaged, and
-# must not size an allocation.
-_MAX_EXPANSION = (128 << 10) // 4
 
 
 class DamagedRecord(CorruptStoreError):
@@ -75,7 +69,10 @@ def decode_instance(raw: bytes, where: str) -> dict[str, Any]:
     naming ``where`` when it holds none."""
     form = raw[0] if raw else None
     if form == _JSON:
-        return loads(raw, where)
+        record = loads(raw, where)
+        if not isinstance(record, dict):
+            raise DamagedRecord(where, "it does not hold a record")
+        return _checked(record, where)
     if form != COMPACT:
         raise DamagedRecord(where, f"it is neither JSON nor compact "
                                    f"(first byte {raw[:1]!r})")
@@ -88,21 +85,32 @@ def decode_instance(raw: bytes, where: str) -> dict[str, Any]:
         raise DamagedRecord(where, "it does not hold a record without "
                                    "its manifest's place")
     record["manifest"] = [segment, offset]
+    return _checked(record, where)
+
+
+# The fields every instance record has had, which readers take without
+# asking (verify.record_defect checks their values as well).
+_FIELDS = frozenset(("sop_instance_uid", "patient", "study", "series",
+                     "size", "sha256", "header", "blocks", "attributes",
+                     "cuts"))
+
+
+def _checked(record: dict[str, Any], where: str) -> dict[str, Any]:
+    """``record``, once it has every field readers take from it: a
+    damaged value must not surface as a KeyError far from here."""
+    if not _FIELDS <= record.keys():
+        missing = ", ".join(sorted(_FIELDS - record.keys()))
+        raise DamagedRecord(where, f"it lacks the field(s) {missing}")
     return record
 
 
 def _decompress(frame: memoryview, where: str) -> bytes:
-    limit = _MAX_EXPANSION * len(frame)
     try:
-        stated = zstandard.frame_content_size(frame)
-        if stated > limit:
-            raise DamagedRecord(where, f"it states {stated} bytes, more "
-                                       f"than its {len(frame)} can "
-                                       f"decompress to")
-        return record_dictionary.decompress(frame, limit)
-    except zstandard.ZstdError as exc:
-        raise DamagedRecord(where, f"it does not decompress "
-                                   f"({exc})") from None
+        return zstd_frames.content_of(record_dictionary.decompressor(),
+                                      frame,
+                                      zstd_frames.MAX_EXPANSION * len(frame))
+    except zstd_frames.FrameDamage as exc:
+        raise DamagedRecord(where, f"it {exc}") from None
 
 
 def with_manifest(encoded: bytes, segment: int, offset: int) -> bytes:
