@@ -381,6 +381,17 @@ def test_an_unknown_codec_under_a_known_version_is_corruption():
         blocks.parse_header(header, "segment 1 offset 32")
 
 
+@pytest.mark.parametrize("version, codec", [(3, 4), (2, 3), (1, 2)])
+def test_a_codec_its_block_version_does_not_have_is_corruption(version,
+                                                               codec):
+    block = blocks.encode(Kind.FRAME, b"frame" * 100, compressor=COMPRESSOR)
+    header = _with_header_bytes(block, version, codec)
+    with pytest.raises(CorruptStoreError,
+                       match=f"has codec {codec}, which format version "
+                             f"{version} does not have"):
+        blocks.parse_header(header, "segment 1 offset 32")
+
+
 def test_filtered_payload_of_the_wrong_length_is_corruption():
     # A zstd frame that is intact but holds one byte too few for the
     # filtered form of the stated content.

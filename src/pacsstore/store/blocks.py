@@ -317,6 +317,10 @@ def parse_header(raw: bytes, where: str) -> BlockHeader:
         raise CorruptStoreError(
             f"block at {where} has unknown kind {kind} or codec "
             f"{codec} for its format version {version}") from None
+    if _VERSION_OF[codec] > version:
+        raise CorruptStoreError(
+            f"block at {where} has codec {int(codec)}, which format "
+            f"version {version} does not have")
     (crc,) = _CRC.unpack_from(raw, _HEADER.size)
     return BlockHeader(kind, codec, name, raw_length, stored_length, crc)
 
