@@ -21,7 +21,8 @@ import pytest
 from pacsstore import Archive
 from pacsstore.errors import StoreFormatError
 from pacsstore.store.index import INDEX_FORMAT_VERSION
-from test_store_support import CT_SMALL, MR_SMALL, corpus_path
+from test_store_support import (CT_SMALL, MR_SMALL, corpus_path,
+                                index_format_version)
 
 JAPANESE = "pydicom/charset_files/chrH31.dcm"
 FRENCH = "pydicom/charset_files/chrFren.dcm"
@@ -60,14 +61,6 @@ def _as_version_1(store) -> None:
     env.close()
 
 
-def _version(store) -> int:
-    env = lmdb.open(str(store / "index"), max_dbs=16, readonly=True)
-    with env.begin() as txn:
-        raw = txn.get(b"format_version", db=env.open_db(b"meta", txn=txn))
-    env.close()
-    return struct.unpack("<I", raw)[0]
-
-
 @pytest.fixture
 def stores(tmp_path):
     """A current store and its version 1 copy, of the same files."""
@@ -82,13 +75,13 @@ def stores(tmp_path):
 
 def test_migration_writer_upgrades_a_version_1_index(stores):
     current, old = stores
-    assert _version(old) == 1
+    assert index_format_version(old) == 1
     with Archive(old) as upgraded, Archive(current, readonly=True) as fresh:
         for level, keys in QUERIES:
             assert upgraded.find(level, **keys) == fresh.find(level, **keys)
         [study] = upgraded.find("study", PatientName="yamada*")
         assert study["NumberOfStudyRelatedInstances"] == 1
-    assert _version(old) == INDEX_FORMAT_VERSION
+    assert index_format_version(old) == INDEX_FORMAT_VERSION
     with Archive(old, readonly=True) as reader:   # now readable
         assert len(reader.find("instance")) == 4
 
@@ -100,7 +93,7 @@ def test_migration_reader_refuses_a_version_1_index(stores):
     message = str(caught.value)
     assert "format version 1" in message
     assert "open the store once for writing" in message
-    assert _version(old) == 1   # nothing was changed
+    assert index_format_version(old) == 1   # nothing was changed
     with Archive(old) as writer:   # the refused open left nothing open
         assert len(writer.find("study")) == 4
 

@@ -29,7 +29,8 @@ from pacsstore.store.records import (
     with_manifest,
 )
 from pacsstore.synthetic import write_ct_series
-from test_store_support import CT_SMALL, MR_SMALL, corpus_bytes, corpus_path
+from test_store_support import (CT_SMALL, MR_SMALL, corpus_bytes,
+                                corpus_path, index_format_version)
 
 _VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text()
@@ -230,14 +231,6 @@ def test_verify_names_a_compact_record_that_does_not_decode(tmp_path):
     assert kept == damaged
 
 
-def _index_version(store) -> int:
-    env = lmdb.open(str(store / "index"), max_dbs=16, readonly=True)
-    with env.begin() as txn:
-        raw = txn.get(b"format_version", db=env.open_db(b"meta", txn=txn))
-    env.close()
-    return struct.unpack("<I", raw)[0]
-
-
 def test_a_version_2_index_reads_as_it_is_and_upgrades_in_name(tmp_path):
     """Index version 3 only added the compact form: a version 2 index
     (JSON records) is read as it is, by a reader too, and a writer
@@ -256,7 +249,7 @@ def test_a_version_2_index_reads_as_it_is_and_upgrades_in_name(tmp_path):
     assert json_value.startswith(b"{")
     with Archive(store, readonly=True) as reader:
         assert reader.get(old) == corpus_bytes(CT_SMALL)
-    assert _index_version(store) == 2
+    assert index_format_version(store) == 2
     with Archive(store) as writer:
         new = writer.store(corpus_bytes(MR_SMALL)).sop_instance_uid
         assert writer.get(old) == corpus_bytes(CT_SMALL)
@@ -265,7 +258,7 @@ def test_a_version_2_index_reads_as_it_is_and_upgrades_in_name(tmp_path):
             instances = writer._index.db["instances"]
             assert txn.get(old.encode(), db=instances) == json_value
             assert txn.get(new.encode(), db=instances)[0] == COMPACT
-    assert _index_version(store) == 3
+    assert index_format_version(store) == 3
 
 
 def test_a_rebuilt_index_holds_compact_records(tmp_path):

@@ -44,3 +44,16 @@ def frame_codecs(archive, uid: str) -> list:
     with archive._index.read() as txn:
         return [Codec(archive._index.block(txn, bytes.fromhex(n)).codec)
                 for n in record["blocks"]]
+
+
+def index_format_version(store: Path) -> int:
+    """The format version a store's index says it is, read with LMDB
+    itself (a pacsstore open may upgrade it)."""
+    import struct
+
+    import lmdb
+    env = lmdb.open(str(store / "index"), max_dbs=16, readonly=True)
+    with env.begin() as txn:
+        raw = txn.get(b"format_version", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    return struct.unpack("<I", raw)[0]
