@@ -29,7 +29,8 @@ from pacsstore import (
 from pacsstore.cli import main as cli
 from pacsstore.store import blocks
 from pacsstore.store.blocks import Kind
-from pacsstore.store.index import Index, dumps
+from pacsstore.store.index import Index
+from pacsstore.store.records import dumps
 from pacsstore.store.segments import segment_path
 from pacsstore.store.verify import (
     DAMAGED_BLOCK,

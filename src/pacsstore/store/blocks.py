@@ -342,8 +342,6 @@ def decode(header: BlockHeader, raw_header: bytes, payload: Buffer,
     return content
 
 
-
-
 def _check_planes_fit(header: BlockHeader, raw_header: bytes,
                       payload: Buffer, where: str) -> None:
     """A planes16 block whose stated length its payload cannot decompress

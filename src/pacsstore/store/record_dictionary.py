@@ -14,7 +14,7 @@ could not be frozen without being taken from someone's data).
 These bytes are part of the storage format: a block or an index record
 written against them must decompress with them for as long as the store
 lives. They must never change. A different dictionary is a new codec
-(test_record_dictionary.py checks the digest below).
+(tests/test_record_encoding.py checks the digest below).
 
 zstd takes a raw-content dictionary as history before the first byte,
 and a match costs fewer bits the nearer it lies, so the skeleton, which

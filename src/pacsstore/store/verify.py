@@ -57,10 +57,14 @@ from pacsstore.store.index import (
     MAX_KEY_BYTES,
     BlockEntry,
     Index,
-    dumps,
     unkey,
 )
-from pacsstore.store.records import DamagedRecord, decode_instance, loads
+from pacsstore.store.records import (
+    DamagedRecord,
+    decode_instance,
+    dumps,
+    loads,
+)
 from pacsstore.store.segments import SegmentReader, segment_path
 
 log = logging.getLogger(__name__)
