@@ -402,6 +402,38 @@ def test_rebuild_reports_a_manifest_of_json_nested_too_deep(populated):
         assert len(archive.find("instance")) == len(expected)
 
 
+@pytest.mark.parametrize("change, says", [
+    (lambda record: record.update(manifest=[1, 32]),
+     "it names a manifest place of its own"),
+    (lambda record: record.pop("transfer_syntax"),
+     "field 'transfer_syntax' is missing or malformed"),
+])
+def test_rebuild_leaves_out_a_manifest_verify_would_call_wrong(
+        populated, change, says):
+    """A sound block holding a record that a rebuild would index but
+    verify would then find wrong for ever (a place of its own, or no
+    transfer syntax, which find takes): rebuild leaves it out."""
+    store, expected = populated
+    uid = _uid(corpus_bytes(MR_SMALL))
+    with Archive(store, readonly=True) as archive:
+        record = dict(archive.record(uid))
+    record.pop("manifest")
+    change(record)
+    block = blocks.encode(Kind.MANIFEST, dumps(record),
+                          compressor=zstandard.ZstdCompressor())
+    last = max((store / "segments").glob("*.seg"))
+    with open(last, "ab") as handle:
+        handle.write(block.header + block.payload)
+
+    report = rebuild_index(store)
+
+    (problem,) = report.problems
+    assert says in problem.message
+    with Archive(store, readonly=True) as archive:
+        assert archive.get(uid) == expected[uid]
+        assert archive.verify().ok
+
+
 HOLDER = textwrap.dedent("""
     import sys
     from pacsstore import Archive

@@ -102,10 +102,6 @@ _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 _U32 = struct.Struct("<I")
 
-# LMDB refuses keys above 511 bytes; UIDs and patient IDs are at most 64
-# characters when conformant, so this leaves room and fails clearly.
-MAX_KEY_BYTES = 400
-
 # The levels whose records a write transaction buffers (see _Buffered);
 # instance records are written once each, so buffering gains nothing.
 _BUFFERED_LEVELS = frozenset(("patient", "study", "series"))

@@ -40,8 +40,8 @@ from pacsstore._filters import PlanesEncoder
 from pacsstore.errors import MalformedDicomError, NotStorableError
 from pacsstore.store import blocks, layout
 from pacsstore.store.blocks import EncodedBlock, Kind
-from pacsstore.store.index import MAX_KEY_BYTES, Index
-from pacsstore.store.records import dumps
+from pacsstore.store.index import Index
+from pacsstore.store.records import MAX_KEY_BYTES, dumps
 from pacsstore.store.segments import StreamSegments
 
 # A cut in the content digest: offset in the dataset, length, block,

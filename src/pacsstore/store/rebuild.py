@@ -72,7 +72,7 @@ from pacsstore.store.index import (
     BlockEntry,
     Index,
 )
-from pacsstore.store.records import DamagedRecord, loads
+from pacsstore.store.records import DamagedRecord, loads, record_defect
 from pacsstore.store.segments import HEADER_SIZE, fsync_directory
 from pacsstore.store.verify import (
     DAMAGED_BLOCK,
@@ -81,7 +81,6 @@ from pacsstore.store.verify import (
     RECORD,
     SEGMENT,
     Problem,
-    record_defect,
 )
 
 log = logging.getLogger(__name__)
@@ -366,6 +365,10 @@ def _manifest_record(found: scan.Intact,
     else:
         _check_version(record, found)
         defect = record_defect(record)
+        if defect is None and "manifest" in record:
+            # Only the index adds the manifest's place; a manifest that
+            # names one would be told from its record for ever.
+            defect = "it names a manifest place of its own"
     if defect is None:
         return record
     problems.append(Problem(

@@ -24,7 +24,9 @@ pages beside their keys.
 from __future__ import annotations
 
 import json
+import re
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from pacsstore.errors import CorruptStoreError
@@ -88,19 +90,72 @@ def decode_instance(raw: bytes, where: str) -> dict[str, Any]:
     return _checked(record, where)
 
 
-# The fields every instance record has had, which readers take without
-# asking (verify.record_defect checks their values as well).
-_FIELDS = frozenset(("sop_instance_uid", "patient", "study", "series",
-                     "size", "sha256", "header", "blocks", "attributes",
-                     "cuts"))
+# LMDB refuses keys above 511 bytes; UIDs and patient IDs are at most 64
+# characters when conformant, so this leaves room and fails clearly.
+MAX_KEY_BYTES = 400
+
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _is_hex_digest(value: Any) -> bool:
+    return isinstance(value, str) and bool(_HEX_DIGEST.fullmatch(value))
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+# What each field readers take must be, in every record pacsstore has
+# written.
+_EXPECTATIONS: dict[str, Callable[[Any], bool]] = {
+    "sop_instance_uid": lambda v: isinstance(v, str) and v != "",
+    "patient": _is_text,
+    "study": _is_text,
+    "series": _is_text,
+    "transfer_syntax": _is_text,
+    "size": lambda v: isinstance(v, int) and not isinstance(v, bool)
+    and v >= 0,
+    "sha256": _is_hex_digest,
+    "header": _is_hex_digest,
+    "blocks": lambda v: isinstance(v, list) and all(map(_is_hex_digest, v)),
+    "attributes": lambda v: isinstance(v, dict),
+}
+
+
+def record_defect(record: Any) -> str | None:
+    """Why an instance record (or manifest) cannot be used, or None.
+    Records are written by pacsstore, but they are read back from disk
+    and checked like any other input before their fields index
+    anything."""
+    if not isinstance(record, dict):
+        return f"expected a JSON object, found {type(record).__name__}"
+    for name, fits in _EXPECTATIONS.items():
+        if not fits(record.get(name)):
+            return f"field {name!r} is missing or malformed"
+    for name in ("sop_instance_uid", "patient", "study", "series"):
+        if len(record[name].encode("utf-8", "replace")) > MAX_KEY_BYTES:
+            return f"field {name!r} is longer than an index key may be"
+    return _cuts_defect(record.get("cuts"), len(record["blocks"]))
+
+
+def _cuts_defect(cuts: Any, block_count: int) -> str | None:
+    if not isinstance(cuts, list):
+        return "field 'cuts' is missing or malformed"
+    for cut in cuts:
+        if not (isinstance(cut, list) and len(cut) == 4
+                and all(isinstance(n, int) and n >= 0 for n in cut)
+                and cut[2] < block_count):
+            return f"cut {cut!r} is malformed or names a missing block"
+    return None
 
 
 def _checked(record: dict[str, Any], where: str) -> dict[str, Any]:
-    """``record``, once it has every field readers take from it: a
-    damaged value must not surface as a KeyError far from here."""
-    if not _FIELDS <= record.keys():
-        missing = ", ".join(sorted(_FIELDS - record.keys()))
-        raise DamagedRecord(where, f"it lacks the field(s) {missing}")
+    """``record``, once its fields are what readers take them to be: a
+    damaged value must not surface as a KeyError or TypeError far from
+    here."""
+    defect = record_defect(record)
+    if defect is not None:
+        raise DamagedRecord(where, f"its {defect}")
     return record
 
 

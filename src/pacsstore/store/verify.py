@@ -38,7 +38,6 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import re
 import sqlite3
 import struct
 import tempfile
@@ -54,7 +53,6 @@ from pacsstore.store import blocks, layout, scan
 from pacsstore.store.blocks import BlockHeader, Kind
 from pacsstore.store.commit import DEDUP_SAVED, LOGICAL_BYTES
 from pacsstore.store.index import (
-    MAX_KEY_BYTES,
     BlockEntry,
     Index,
     unkey,
@@ -64,6 +62,7 @@ from pacsstore.store.records import (
     decode_instance,
     dumps,
     loads,
+    record_defect,
 )
 from pacsstore.store.segments import SegmentReader, segment_path
 
@@ -85,7 +84,6 @@ MANIFEST = "manifest"
 RECORD = "record"                        # an unusable instance record
 COUNTER = "counter"
 
-_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 # SQLite's page cache for the scratch tables: beyond it they spill to
 # their file. A few MiB keep the joins quick; more buys little.
 _CACHE_KIB = 16 << 10
@@ -142,49 +140,6 @@ class VerifyReport:
 
 def _counted(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
-def record_defect(record: Any) -> str | None:
-    """Why an instance record (or manifest) cannot be used, or None.
-    Records are written by pacsstore, but they are read back from disk
-    and checked like any other input before their fields index
-    anything."""
-    if not isinstance(record, dict):
-        return f"expected a JSON object, found {type(record).__name__}"
-    expectations: dict[str, Callable[[Any], bool]] = {
-        "sop_instance_uid": lambda v: isinstance(v, str) and v != "",
-        "patient": lambda v: isinstance(v, str),
-        "study": lambda v: isinstance(v, str),
-        "series": lambda v: isinstance(v, str),
-        "size": lambda v: isinstance(v, int) and v >= 0,
-        "sha256": _is_hex_digest,
-        "header": _is_hex_digest,
-        "blocks": lambda v: isinstance(v, list) and all(
-            map(_is_hex_digest, v)),
-        "attributes": lambda v: isinstance(v, dict),
-    }
-    for name, fits in expectations.items():
-        if not fits(record.get(name)):
-            return f"field {name!r} is missing or malformed"
-    for name in ("sop_instance_uid", "patient", "study", "series"):
-        if len(record[name].encode("utf-8", "replace")) > MAX_KEY_BYTES:
-            return f"field {name!r} is longer than an index key may be"
-    return _cuts_defect(record.get("cuts"), len(record["blocks"]))
-
-
-def _is_hex_digest(value: Any) -> bool:
-    return isinstance(value, str) and bool(_HEX_DIGEST.fullmatch(value))
-
-
-def _cuts_defect(cuts: Any, block_count: int) -> str | None:
-    if not isinstance(cuts, list):
-        return "field 'cuts' is missing or malformed"
-    for cut in cuts:
-        if not (isinstance(cut, list) and len(cut) == 4
-                and all(isinstance(n, int) and n >= 0 for n in cut)
-                and cut[2] < block_count):
-            return f"cut {cut!r} is malformed or names a missing block"
-    return None
 
 
 def manifest_content(record: dict[str, Any]) -> bytes:
