@@ -384,15 +384,21 @@ def test_rebuild_refuses_what_a_newer_version_wrote(populated, newer, says):
         "PACSSTORE", "index", "lock", "segments"]
 
 
-def test_rebuild_reports_a_manifest_of_json_nested_too_deep(populated):
-    """A sound block whose JSON json.loads cannot parse for recursion:
-    that raised a bare RecursionError out of the rebuild."""
-    store, expected = populated
-    block = blocks.encode(Kind.MANIFEST, b"[" * 100_000 + b"]" * 100_000,
+def _append_manifest(store: Path, content: bytes) -> None:
+    """A sound manifest block of ``content`` at the end of the last
+    segment, as a writer would have left it."""
+    block = blocks.encode(Kind.MANIFEST, content,
                           compressor=zstandard.ZstdCompressor())
     last = max((store / "segments").glob("*.seg"))
     with open(last, "ab") as handle:
         handle.write(block.header + block.payload)
+
+
+def test_rebuild_reports_a_manifest_of_json_nested_too_deep(populated):
+    """A sound block whose JSON json.loads cannot parse for recursion:
+    that raised a bare RecursionError out of the rebuild."""
+    store, expected = populated
+    _append_manifest(store, b"[" * 100_000 + b"]" * 100_000)
 
     report = rebuild_index(store)
 
@@ -419,11 +425,7 @@ def test_rebuild_leaves_out_a_manifest_verify_would_call_wrong(
         record = dict(archive.record(uid))
     record.pop("manifest")
     change(record)
-    block = blocks.encode(Kind.MANIFEST, dumps(record),
-                          compressor=zstandard.ZstdCompressor())
-    last = max((store / "segments").glob("*.seg"))
-    with open(last, "ab") as handle:
-        handle.write(block.header + block.payload)
+    _append_manifest(store, dumps(record))
 
     report = rebuild_index(store)
 
