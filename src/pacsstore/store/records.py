@@ -24,7 +24,6 @@ pages beside their keys.
 from __future__ import annotations
 
 import json
-import re
 import struct
 from collections.abc import Callable
 from typing import Any
@@ -94,11 +93,21 @@ def decode_instance(raw: bytes, where: str) -> dict[str, Any]:
 # characters when conformant, so this leaves room and fails clearly.
 MAX_KEY_BYTES = 400
 
-_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
+def _are_hex_digests(values: list[Any]) -> bool:
+    """Whether each of ``values`` is a SHA-256 in hex, as readers take
+    it (bytes.fromhex); one C pass over them all, since a large record
+    names thousands (a regular expression each took 0.8 ms for 2,048)."""
+    if not all(type(v) is str and len(v) == 64 for v in values):
+        return False
+    try:
+        named = bytes.fromhex("".join(values))
+    except ValueError:
+        return False
+    return len(named) == 32 * len(values)   # fromhex skips whitespace
 
 
 def _is_hex_digest(value: Any) -> bool:
-    return isinstance(value, str) and bool(_HEX_DIGEST.fullmatch(value))
+    return _are_hex_digests([value])
 
 
 def _is_text(value: Any) -> bool:
@@ -117,7 +126,7 @@ _EXPECTATIONS: dict[str, Callable[[Any], bool]] = {
     and v >= 0,
     "sha256": _is_hex_digest,
     "header": _is_hex_digest,
-    "blocks": lambda v: isinstance(v, list) and all(map(_is_hex_digest, v)),
+    "blocks": lambda v: isinstance(v, list) and _are_hex_digests(v),
     "attributes": lambda v: isinstance(v, dict),
 }
 
@@ -142,9 +151,15 @@ def _cuts_defect(cuts: Any, block_count: int) -> str | None:
     if not isinstance(cuts, list):
         return "field 'cuts' is missing or malformed"
     for cut in cuts:
-        if not (isinstance(cut, list) and len(cut) == 4
-                and all(isinstance(n, int) and n >= 0 for n in cut)
-                and cut[2] < block_count):
+        # Spelt out: a large record has a cut a frame, and a generator a
+        # cut took 0.57 ms for 2,048 of them (this, 0.2 ms).
+        if type(cut) is not list or len(cut) != 4:
+            return f"cut {cut!r} is malformed or names a missing block"
+        offset, length, block, within = cut
+        if not (type(offset) is int and type(length) is int
+                and type(block) is int and type(within) is int
+                and offset >= 0 and length >= 0 and within >= 0
+                and 0 <= block < block_count):
             return f"cut {cut!r} is malformed or names a missing block"
     return None
 
