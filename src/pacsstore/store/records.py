@@ -19,6 +19,11 @@ A record is about 2 KB of JSON: in its JSON form it took a page of
 overflow of its own in LMDB (4 KiB, often two), and the corpus's 1,778
 records took 7.2 MB of the index's 9.5; compact, they fit in the leaf
 pages beside their keys.
+
+A record read back is checked field by field (``record_defect``, which
+verify and a rebuild apply as well) before anything takes a field from
+it, so that a damaged value is a DamagedRecord naming its instance, not
+a KeyError or TypeError somewhere in a reader.
 """
 
 from __future__ import annotations
@@ -92,6 +97,7 @@ def decode_instance(raw: bytes, where: str) -> dict[str, Any]:
 # LMDB refuses keys above 511 bytes; UIDs and patient IDs are at most 64
 # characters when conformant, so this leaves room and fails clearly.
 MAX_KEY_BYTES = 400
+
 
 def _are_hex_digests(values: list[Any]) -> bool:
     """Whether each of ``values`` is a SHA-256 in hex, as readers take
