@@ -183,8 +183,7 @@ def _checked(record: dict[str, Any], where: str) -> dict[str, Any]:
 def _decompress(frame: memoryview, where: str) -> bytes:
     try:
         return zstd_frames.content_of(record_dictionary.decompressor(),
-                                      frame,
-                                      zstd_frames.MAX_EXPANSION * len(frame))
+                                      frame)
     except zstd_frames.FrameDamage as exc:
         raise DamagedRecord(where, f"it {exc}") from None
 

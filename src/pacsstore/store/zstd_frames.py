@@ -25,9 +25,10 @@ class FrameDamage(ValueError):
 
 
 def content_of(decompressor: zstandard.ZstdDecompressor,
-               frame: bytes | memoryview, limit: int) -> bytes:
+               frame: bytes | memoryview, limit: int | None = None) -> bytes:
     """The content of ``frame``: one zstd frame that states its content
-    size, at most ``limit`` bytes; FrameDamage otherwise."""
+    size, at most ``limit`` bytes when given (and never more than zstd
+    can expand the frame to); FrameDamage otherwise."""
     try:
         stated = zstandard.frame_content_size(frame)
     except zstandard.ZstdError as exc:
@@ -35,7 +36,9 @@ def content_of(decompressor: zstandard.ZstdDecompressor,
     if stated < 0:
         raise FrameDamage("holds a zstd frame that does not state its "
                           "content size")
-    bound = min(limit, MAX_EXPANSION * len(frame))
+    bound = MAX_EXPANSION * len(frame)
+    if limit is not None:
+        bound = min(bound, limit)
     if stated > bound:
         raise FrameDamage(f"holds a zstd frame of {stated} bytes; at most "
                           f"{bound} are possible")
