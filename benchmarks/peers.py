@@ -73,13 +73,21 @@ def storescp(output: Path, *, fork: bool = False,
 
 
 @contextlib.contextmanager
-def pacsstore_node(store: Path, log: Path | None = None
+def pacsstore_node(store: Path, log: Path | None = None, *,
+                   move_destinations: dict[str, Endpoint] | None = None
                    ) -> Iterator[Endpoint]:
     """``pacsstore serve`` on ``store``, in a process of its own; its
-    output goes to ``log`` (beside the store by default)."""
+    output goes to ``log`` (beside the store by default). Each of
+    ``move_destinations`` (by AE title) is a peer it may send to."""
     port = free_port()
     command = [sys.executable, "-m", "pacsstore.cli", "--store", str(store),
                "serve", "--port", str(port), "--ae-title", PACSSTORE_AE]
+    if move_destinations:
+        config = store.parent / f"{store.name}-node.toml"
+        config.write_text("".join(
+            f'[peers.{title}]\nhost = "{peer.host}"\nport = {peer.port}\n'
+            for title, peer in move_destinations.items()))
+        command += ["--config", str(config)]
     with server(command, ready=lambda: listening(port),
                 log=log or store.parent / f"{store.name}.log") as process:
         yield Endpoint(port, PACSSTORE_AE, process.pid)
@@ -148,11 +156,16 @@ class Orthanc:
 
 
 def orthanc_config(root: Path, *, compression: bool, http_port: int,
-                   dicom_port: int) -> dict[str, Any]:
+                   dicom_port: int,
+                   move_destinations: dict[str, Endpoint] | None = None
+                   ) -> dict[str, Any]:
     """Orthanc's own defaults but for what the benchmark needs: its
-    folders, ports, no remote access, no plugins, and C-FIND from any
-    AE (as it takes C-STORE from any by default). SyncStorageArea stays
-    at its default (on)."""
+    folders, ports, no remote access, no plugins, C-FIND, C-GET and
+    C-MOVE from any AE (as it takes C-STORE from any by default), and
+    the C-MOVE destinations. SyncStorageArea stays at its default
+    (on)."""
+    modalities = {title.lower(): [title, peer.host, peer.port]
+                  for title, peer in (move_destinations or {}).items()}
     return {
         "Name": "pacsstore-benchmark",
         "StorageDirectory": str(root / "storage"),
@@ -166,11 +179,16 @@ def orthanc_config(root: Path, *, compression: bool, http_port: int,
         "Plugins": [],
         "SaveJobs": False,
         "DicomAlwaysAllowFind": True,
+        "DicomAlwaysAllowGet": True,
+        "DicomAlwaysAllowMove": True,
+        "DicomModalities": modalities,
     }
 
 
 @contextlib.contextmanager
-def orthanc(root: Path, *, compression: bool) -> Iterator[Orthanc]:
+def orthanc(root: Path, *, compression: bool,
+            move_destinations: dict[str, Endpoint] | None = None
+            ) -> Iterator[Orthanc]:
     """Orthanc with its storage area and index under ``root`` (new ones
     when ``root`` holds none)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -180,7 +198,8 @@ def orthanc(root: Path, *, compression: bool) -> Iterator[Orthanc]:
     config = root / "orthanc.json"
     config.write_text(json.dumps(orthanc_config(
         root, compression=compression, http_port=http_port,
-        dicom_port=dicom_port), indent=2))
+        dicom_port=dicom_port, move_destinations=move_destinations),
+        indent=2))
     peer = Orthanc(root, dicom_port, http_port)
     with server([ORTHANC, str(config)],
                 ready=lambda: peer.answers() and listening(dicom_port),

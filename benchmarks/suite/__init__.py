@@ -6,6 +6,7 @@
     ingest_net     C-STORE into the node against storescp, Orthanc and
                    pynetdicom
     retrieve       get and frame against reading files
+    retrieve_net   C-GET and C-MOVE of a study against Orthanc
     storage_ratio  bytes on disk against Orthanc with compression
     memory         peak memory of storing a 1 GB object
     cfind          study-level C-FIND on a large index against Orthanc
@@ -24,7 +25,7 @@ from pathlib import Path
 from benchmarks.data import Datasets
 
 FAMILIES = ("parse", "ingest_api", "ingest_net", "retrieve",
-            "storage_ratio", "memory", "cfind")
+            "retrieve_net", "storage_ratio", "memory", "cfind")
 
 
 class Skipped(Exception):
