@@ -228,14 +228,14 @@ def test_net_move_every_sub_operation_failed_is_a702(node, ports):
 def test_net_move_instance_that_cannot_be_encoded_fails_alone(
         node, ports, monkeypatch):
     broken = instance_uid(S1, S1.series[0], 1)
-    real = retrieve.transcode
+    real = retrieve.transcoded_view
 
-    def transcode(part10: bytes, syntax: str) -> bytes:
+    def transcoded_view(part10: bytes, syntax: str) -> memoryview | bytes:
         if broken.encode() in part10:
             raise TranscodeError(f"instance {broken} does not transcode")
         return real(part10, syntax)
 
-    monkeypatch.setattr(retrieve, "transcode", transcode)
+    monkeypatch.setattr(retrieve, "transcoded_view", transcoded_view)
     with pynetdicom_destination(ports[PYNETDICOM_DESTINATION],
                                 EVERY_CLASS) as received:
         responses = move(node, "study", study_query(S1))

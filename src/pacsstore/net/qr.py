@@ -36,7 +36,7 @@ from pacsstore.net.access import PeerTable
 from pacsstore.net.contexts import FIND_MODELS, GET_MODELS, MOVE_MODELS
 from pacsstore.net.identifiers import request_identifier
 from pacsstore.net.retrieve import (ReadingArchive, StoredInstance,
-                                    destination_contexts,
+                                    destination_contexts, read_ahead,
                                     send_stored_instances,
                                     sub_association_handlers)
 from pacsstore.net.status import (CANCEL, IDENTIFIER_MISMATCH,
@@ -199,10 +199,12 @@ def retrieve_instances(archive: ReadingArchive, event: Event,
     return instances
 
 
-def sub_operations(event: Event, instances: list[StoredInstance],
+def sub_operations(event: Event, archive: ReadingArchive,
+                   instances: list[StoredInstance],
                    ) -> Iterator[tuple[int, Dataset | None]]:
-    """A pending (status, instance) pair per instance, until a C-CANCEL."""
-    for instance in instances:
+    """A pending (status, instance) pair per instance, until a C-CANCEL;
+    each instance is read while the one before it is sent."""
+    for instance in read_ahead(archive, instances):
         if event.is_cancelled:
             yield CANCEL, None
             return
@@ -240,7 +242,7 @@ class MoveHandler:
             "contexts": destination_contexts(instances),
             "evt_handlers": sub_association_handlers(self.archive, peer)})
         yield len(instances)
-        yield from sub_operations(event, instances)
+        yield from sub_operations(event, self.archive, instances)
 
 
 class GetHandler:
@@ -265,7 +267,7 @@ class GetHandler:
         logger.info("C-GET from %s: %d instances", peer, len(instances))
         send_stored_instances(event.assoc, self.archive)
         yield len(instances)
-        yield from sub_operations(event, instances)
+        yield from sub_operations(event, self.archive, instances)
 
 
 class EarlyRefusals:

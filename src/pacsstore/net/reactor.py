@@ -51,6 +51,8 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.timer import Timer
 
 from pacsstore.net import fastpath
+from pacsstore.net.fastsend import (EncodedPData, EncodedResponses,
+                                    write_all)
 
 # The loops log what pynetdicom's own log, under pynetdicom's names, so
 # that its log output reads the same with either.
@@ -108,6 +110,25 @@ def event_driven(assoc: Association) -> bool:
     return True
 
 
+def event_driven_requestor(assoc: Association) -> bool:
+    """Turn an association the node requests, whose socket has just
+    connected (EVT_CONN_OPEN, in its DUL thread), into one whose reactors
+    block until there is work; False (and nothing changed) otherwise.
+
+    The DUL thread is already in pynetdicom's loop by then, so its class
+    is changed under it (:class:`RunningDUL`); the association thread is
+    waiting for the negotiation, and looks up its reactor afterwards."""
+    if not assoc.is_requestor or assoc.is_established:
+        return False
+    if type(assoc) is not Association \
+            or type(assoc.dul) is not DULServiceProvider \
+            or threading.current_thread() is not assoc.dul:
+        return False
+    RunningDUL.adopt(assoc.dul)
+    EventDrivenAssociation.adopt(assoc)
+    return True
+
+
 class EventDrivenDUL(DULServiceProvider):
     """pynetdicom's DUL with its reactor waiting in ``select``."""
 
@@ -118,6 +139,9 @@ class EventDrivenDUL(DULServiceProvider):
     # thread runs the data transfer phase (:mod:`pacsstore.net.fastpath`).
     decided: threading.Event
     handed_over: bool
+    # What pacsstore.net.fastsend looks for: this DUL writes the PDUs of
+    # an EncodedPData itself.
+    sends_encoded = True
 
     @classmethod
     def adopt(cls, dul: DULServiceProvider) -> None:
@@ -193,6 +217,34 @@ class EventDrivenDUL(DULServiceProvider):
             except (BlockingIOError, OSError):
                 pass
 
+    def _process_recv_primitive(self) -> bool:
+        """pynetdicom's, but a message already encoded
+        (:mod:`pacsstore.net.fastsend`) is written here: in the data
+        transfer phase, where a P-DATA goes out as it is (PS3.8 9.2,
+        DT-1). In any other state it is dropped, as the state machine
+        would, and the send waiting for its response learns that the
+        association has ended."""
+        try:
+            primitive = self.to_provider_queue.queue[0]
+        except IndexError:
+            return False
+        if not isinstance(primitive, EncodedPData):
+            return super()._process_recv_primitive()
+        self.to_provider_queue.get(False)
+        # Writing queues no event, so the loop would wait next: it must
+        # not while more is queued.
+        if self.to_provider_queue.qsize():
+            self.wake()
+        if self.state_machine.current_state != "Sta6":
+            _dul_log.warning("a message was not sent: the association is "
+                             "no longer in data transfer")
+            return True
+        try:
+            write_all(self.socket.socket, primitive.buffers)
+        except OSError:
+            self.event_queue.put("Evt17")  # the transport closed
+        return True
+
     def run_reactor(self) -> None:
         """pynetdicom 3.0's DUL reactor, waiting for work where it slept."""
         self._idle_timer.start()
@@ -258,6 +310,27 @@ class EventDrivenDUL(DULServiceProvider):
         self._kill_thread = True
 
 
+class RunningDUL(EventDrivenDUL):
+    """An :class:`EventDrivenDUL` adopted while pynetdicom's own loop
+    runs it: where that loop sleeps (``time.sleep(self._run_loop_delay)``,
+    when a pass found nothing to do) it waits for work instead."""
+
+    @property
+    def _run_loop_delay(self) -> float:
+        if threading.current_thread() is self:
+            self._wait_for_work()
+            return 0.0
+        return 0.001  # pynetdicom's, for a wait from another thread
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, value: float) -> None:
+        pass  # pynetdicom's constructor sets it; the wait replaces it
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self.assoc_wake()
+
+
 class EventDrivenAssociation(Association):
     """pynetdicom's acceptor with its reactor waiting on an Event."""
 
@@ -273,6 +346,7 @@ class EventDrivenAssociation(Association):
         assoc._fast_lock = threading.Lock()
         assoc._fast = None
         assoc.dimse.msg_queue = _waking(assoc.dimse.msg_queue, assoc.wake)
+        EncodedResponses.install(assoc.dimse)
         assoc.dul.to_user_queue = _waking(assoc.dul.to_user_queue,
                                           assoc.wake)
 
@@ -309,6 +383,21 @@ class EventDrivenAssociation(Association):
                 "requestor; the node can only abort it")
         super().release()
 
+    def _pass_checkpoint(self) -> None:
+        """Wait while a send holds the reactor paused. A send clears the
+        checkpoint, then goes on once it sees the reactor paused; the
+        reactor may have passed the checkpoint just before it was
+        cleared, still flagged as paused, and would then take the
+        response the send waits for off the queue. So, once unflagged,
+        the reactor looks again, and waits if it was cleared meanwhile:
+        whichever of the two sees the other's change last holds back."""
+        while True:
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            if self._reactor_checkpoint.is_set():
+                return
+            self._is_paused = True
+
     def _wait_limit(self) -> float:
         idle = _time_left(self.dul._idle_timer)
         return WAIT_LIMIT if idle is None else min(WAIT_LIMIT, idle)
@@ -318,7 +407,10 @@ class EventDrivenAssociation(Association):
         slept: a DIMSE message, a release or abort from the peer, the end
         of the DUL thread, or the network timeout. Or, when the DUL has
         handed the socket over, the fast path's loop."""
-        while not self.dul.decided.wait(WAIT_LIMIT):
+        # A requestor's DUL has nothing to decide: the node never hands
+        # the socket of an association it requested to the fast path.
+        while not self.is_requestor \
+                and not self.dul.decided.wait(WAIT_LIMIT):
             if not self.dul.is_alive():
                 break
         if self.dul.handed_over:
@@ -338,8 +430,7 @@ class EventDrivenAssociation(Association):
             if idle:
                 self._wake.wait(self._wait_limit())
             self._wake.clear()
-            self._reactor_checkpoint.wait()
-            self._is_paused = False
+            self._pass_checkpoint()
 
             context_id, msg = self.dimse.get_msg(block=False)
             idle = msg is None

@@ -32,6 +32,8 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
+from pacsstore.net.reactor import event_driven_requestor
+
 # How many times the reactor may put one response back: a response that
 # no send waits for (a peer answering twice) is dropped after this many
 # polls, about a tenth of a second, as pynetdicom would have at once.
@@ -62,10 +64,14 @@ def keep_responses(assoc: Association) -> None:
 
 def handle_requested_conn_open(event: Event) -> None:
     """EVT_CONN_OPEN of an association the node requests: its socket is
-    connected, the A-ASSOCIATE-RQ not yet sent."""
+    connected, the A-ASSOCIATE-RQ not yet sent. Its reactors are made to
+    wait for work instead of polling (pacsstore.net.reactor), which also
+    ends the race above; responses are kept all the same, for an
+    association left to pynetdicom's reactors."""
     sock = event.assoc.dul.socket.socket
     if sock is not None:
         no_delay(sock)
+    event_driven_requestor(event.assoc)
     keep_responses(event.assoc)
 
 

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any, Protocol
 
 from pydicom.dataset import Dataset
@@ -42,10 +43,11 @@ from pynetdicom.sop_class import Verification
 
 from pacsstore.errors import PacsstoreError
 from pacsstore.filemeta import build_file_meta
+from pacsstore.net import fastsend
 from pacsstore.net.requested import OUTGOING_HANDLERS
 from pacsstore.net.status import PROCESSING_FAILURE, refusal
 from pacsstore.pixels.transcode import (UNCOMPRESSED_TARGETS,
-                                        choose_syntax, transcode)
+                                        choose_syntax, transcoded_view)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,9 @@ MAX_CONTEXTS = 128
 NO_ACCEPTED_CONTEXT = 0x0122
 
 SendCStore = Callable[..., Dataset]
+
+# The largest instance a retrieve reads while the one before it is sent.
+READ_AHEAD_BELOW = 64 << 20
 
 
 class ReadingArchive(Protocol):
@@ -74,16 +79,46 @@ class StoredInstance(Dataset):
     stored in as a plain attribute (it is no element of the dataset)."""
 
     def __init__(self, sop_class_uid: str, sop_instance_uid: str,
-                 transfer_syntax: str) -> None:
+                 transfer_syntax: str, size: int = 0) -> None:
         super().__init__()
         self.SOPClassUID = sop_class_uid
         self.SOPInstanceUID = sop_instance_uid
         self.stored_syntax = transfer_syntax
+        self.stored_size = size
+        self._reading: Future[bytes] | None = None
 
     @classmethod
     def of(cls, archive: ReadingArchive, uid: str) -> StoredInstance:
         record = archive.record(uid)
-        return cls(record["sop_class_uid"], uid, record["transfer_syntax"])
+        return cls(record["sop_class_uid"], uid, record["transfer_syntax"],
+                   record["size"])
+
+    def read_from(self, archive: ReadingArchive) -> bytes:
+        """The stored Part 10 file: read ahead (:func:`read_ahead`), or
+        now."""
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            return reading.result()
+        return archive.get(str(self.SOPInstanceUID))
+
+
+def read_ahead(archive: ReadingArchive, instances: Sequence[StoredInstance]
+               ) -> Iterator[StoredInstance]:
+    """``instances`` in order; as each is handed out, the next is read
+    from ``archive`` on a thread of its own, so that reading it (its
+    frames decompressed and checked, mostly outside the GIL) overlaps
+    sending the one before and waiting for the peer's answer. An
+    instance of :data:`READ_AHEAD_BELOW` bytes or more is read when its
+    turn comes, so that at most one large file is in memory at once."""
+    with ThreadPoolExecutor(1, thread_name_prefix="pacsstore-read-ahead"
+                            ) as pool:
+        for position, instance in enumerate(instances):
+            if position + 1 < len(instances):
+                following = instances[position + 1]
+                if following.stored_size < READ_AHEAD_BELOW:
+                    following._reading = pool.submit(
+                        archive.get, str(following.SOPInstanceUID))
+            yield instance
 
 
 def destination_contexts(
@@ -160,6 +195,8 @@ class StoredInstanceSender:
                                 f"the peer accepts no syntax it can be "
                                 f"sent in (stored as "
                                 f"{instance.stored_syntax})")
+        if fastsend.eligible(self.assoc):
+            return self._send_encoded(instance, syntax, *request)
         with tempfile.NamedTemporaryFile(prefix="pacsstore-send-",
                                          suffix=".dcm") as scratch:
             try:
@@ -174,6 +211,24 @@ class StoredInstanceSender:
         self._log_refusal(uid, status)
         return status
 
+    def _send_encoded(self, instance: StoredInstance, syntax: str,
+                      message_id: int, priority: int,
+                      originator_ae: str | None,
+                      originator_id: int | None) -> Dataset:
+        uid = str(instance.SOPInstanceUID)
+        try:
+            dataset = transcoded_view(instance.read_from(self.archive),
+                                      syntax)
+        except (PacsstoreError, OSError) as error:
+            return self._failed(uid, PROCESSING_FAILURE, str(error))
+        status = fastsend.send_c_store(
+            self.assoc, sop_class_uid=str(instance.SOPClassUID),
+            sop_instance_uid=uid, transfer_syntax=syntax, dataset=dataset,
+            message_id=message_id, priority=priority,
+            originator_ae=originator_ae, originator_id=originator_id)
+        self._log_refusal(uid, status)
+        return status
+
     def _write_part10(self, file: IO[bytes], instance: StoredInstance,
                       syntax: str) -> None:
         """A fresh meta group naming ``syntax``, then the dataset bytes:
@@ -182,7 +237,7 @@ class StoredInstanceSender:
         file.write(build_file_meta(sop_class_uid=str(instance.SOPClassUID),
                                    sop_instance_uid=uid,
                                    transfer_syntax=syntax))
-        file.write(transcode(self.archive.get(uid), syntax))
+        file.write(transcoded_view(instance.read_from(self.archive), syntax))
         file.flush()
 
     @property

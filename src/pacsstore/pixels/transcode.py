@@ -170,10 +170,16 @@ def transcode(part10: bytes, target_syntax: str) -> bytes:
     it) encoded in ``target_syntax``, without its file meta group: the
     bytes a C-STORE sends. When the target is the stored syntax these are
     the stored dataset bytes, unchanged."""
+    return bytes(transcoded_view(part10, target_syntax))
+
+
+def transcoded_view(part10: bytes, target_syntax: str) -> memoryview | bytes:
+    """:func:`transcode`, but when the target is the stored syntax a
+    view of the dataset in ``part10`` rather than a copy of it."""
     walk = parse(part10)
     stored, target = walk.transfer_syntax, _clean(target_syntax)
     if target == stored:
-        return bytes(memoryview(part10)[walk.dataset_offset:])
+        return memoryview(part10)[walk.dataset_offset:]
     uid = _sop_instance_uid(walk)
     _check_target(stored, target, uid)
     ds = _read(part10, stored, uid)
