@@ -423,7 +423,7 @@ def test_a_c_move_sends_the_lean_way_byte_exact(archive, lean_sends):
 
 
 @pytest.mark.network
-def test_a_c_get_sends_the_lean_way_byte_exact(archive, lean_sends):
+def test_a_c_get_sends_the_lean_way_byte_exact(archive, lean_sends, caplog):
     uids = study_instance_uids(S1)
     got: dict[str, bytes] = {}
 
@@ -431,6 +431,7 @@ def test_a_c_get_sends_the_lean_way_byte_exact(archive, lean_sends):
         got[str(event.request.AffectedSOPInstanceUID)] = \
             event.encoded_dataset(include_meta=False)
         return 0x0000
+    caplog.set_level(logging.INFO, logger="pynetdicom._handlers")
     with run_node(archive, peer_table({})) as node:
         ae = AE(ae_title="QRSCU")
         ae.add_requested_context(GET["study"])
@@ -456,6 +457,10 @@ def test_a_c_get_sends_the_lean_way_byte_exact(archive, lean_sends):
     assert [p.NumberOfRemainingSuboperations for p in pending] == \
         list(range(len(uids) - 1, -1, -1))
     assert lean_sends["sends"] == len(uids)
+    # pynetdicom's log line for each request sent, as pynetdicom logs it.
+    sent = [r.getMessage() for r in caplog.records
+            if r.getMessage().startswith("Sending Store Request")]
+    assert len(sent) == len(uids)
     assert set(got) == uids
     for uid in uids:
         assert got[uid] == dataset_bytes(archive.get(uid))

@@ -46,8 +46,8 @@ from pynetdicom.pdu_primitives import P_DATA
 from pacsstore.net.fastpath import (COMMAND, DATA_SET_PRESENT, LAST_FRAGMENT,
                                     NO_DATA_SET, P_DATA_TF, encode_command)
 
-_service_log = logging.getLogger("pynetdicom.association")
-_dimse_log = logging.getLogger("pynetdicom.events")
+# pynetdicom's logging handlers log under this name.
+_handlers_log = logging.getLogger("pynetdicom._handlers")
 
 _PDU_AND_PDV_HEADER = struct.Struct(">BBIIBB")
 # The most buffers one sendmsg takes on Linux (IOV_MAX).
@@ -246,7 +246,7 @@ def send_c_store(assoc: Any, *, sop_class_uid: str, sop_instance_uid: str,
         originator_ae=originator_ae, originator_id=originator_id)
     encoded = p_data_encoded(context.context_id, command, dataset,
                              assoc.dimse.maximum_pdu_size)
-    _service_log.info("Sending Store Request: MsgID %d%s", message_id,
+    _handlers_log.info("Sending Store Request: MsgID %d%s", message_id,
                       _modality(sop_class_uid))
     # pynetdicom's protocol for a send from outside the reactor: pause
     # it, so that it takes nothing off the DIMSE queue, until the

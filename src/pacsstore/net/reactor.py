@@ -30,8 +30,14 @@ The loops are pynetdicom 3.0's own (``DULServiceProvider.run_reactor``
 and ``Association._run_reactor``) with the sleep replaced by the wait;
 they lean on its internals, which is why pyproject pins pynetdicom to
 3.0.x, and tests/test_net_reactor.py checks the behaviour they rely on.
-Only acceptors are converted, at EVT_CONN_OPEN, before either thread has
-started; anything else is left as pynetdicom made it.
+Acceptors are converted at EVT_CONN_OPEN, before either thread has
+started. The associations the node requests are converted at their
+EVT_CONN_OPEN too (:func:`event_driven_requestor`), when pynetdicom's
+DUL loop already runs: that loop is kept, and waits where it slept
+(:class:`RunningDUL`). Anything else is left as pynetdicom made it.
+
+Both DULs also write the messages :mod:`pacsstore.net.fastsend` encodes
+itself, in their turn in the queue.
 """
 
 from __future__ import annotations

@@ -19,8 +19,10 @@ within that moment (a fast peer on loopback, a thread descheduled on a
 busy machine) the reactor takes the response, logs "Received unexpected
 C-STORE service message" and drops it, and the send waits for it until
 the DIMSE timeout (a C-MOVE stalled for a minute and failed what was
-left of it). The reactor now puts a response back on the queue, where
-the send's blocking read takes it.
+left of it). The node's requested associations now run the event-driven
+reactor (pacsstore.net.reactor), whose pause has no such moment; for one
+left to pynetdicom's reactor, that reactor puts a response back on the
+queue, where the send's blocking read takes it.
 """
 
 from __future__ import annotations
