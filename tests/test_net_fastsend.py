@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import threading
 from io import BytesIO
 
@@ -19,7 +20,7 @@ from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian,
 from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import (C_GET_RSP, C_MOVE_RSP, C_STORE_RQ,
-                                       DIMSEMessage)
+                                       C_STORE_RSP, DIMSEMessage)
 from pynetdicom.dimse_primitives import C_ECHO, C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pacsstore._parse import parse
@@ -29,7 +30,7 @@ from pacsstore import Archive
 from pacsstore.net import fastsend, reactor, requested, retrieve
 from pacsstore.net.fastsend import (EncodedPData, c_store_command,
                                     p_data_encoded, pending_response_command,
-                                    write_all)
+                                    plain_store_response, write_all)
 from qr_support import (GET, MOVE, NODE_AE, PATIENTS,
                         PYNETDICOM_DESTINATION, dataset_bytes, fill,
                         free_port, identifier, peer_table,
@@ -156,6 +157,105 @@ def test_write_all_resumes_partial_writes_in_order():
     reading.join(10)
     receiver.close()
     assert bytes(got) == b"head" + payload + b"tail"
+
+
+# Responses decoded here ----------------------------------------------------
+
+def _store_response(status: int, *, sop_class: bool = True,
+                    comment: str | None = None) -> C_STORE:
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = 9
+    if sop_class:
+        response.AffectedSOPClassUID = CTImageStorage
+    response.AffectedSOPInstanceUID = SOP_INSTANCE
+    response.Status = status
+    if comment:
+        response.ErrorComment = comment
+    return response
+
+
+def _pynetdicom_decoded(response: C_STORE, context_id: int = 3):
+    """The command set pynetdicom sends for ``response``, and the
+    primitive pynetdicom makes of it on receipt."""
+    message = C_STORE_RSP()
+    message.primitive_to_message(response)
+    (pdata,) = message.encode_msg(context_id, 16384)
+    (pdv_context, value), = pdata.presentation_data_value_list
+    decoded = DIMSEMessage()
+    assert decoded.decode_msg(pdata)
+    return pdata, value, decoded.message_to_primitive()
+
+
+_STATUS_KEYWORDS = ("MessageIDBeingRespondedTo", "AffectedSOPClassUID",
+                    "AffectedSOPInstanceUID", "Status", "ErrorComment",
+                    "OffendingElement", "_context_id")
+
+
+@pytest.mark.parametrize("response", [
+    _store_response(0x0000), _store_response(0xB000),
+    _store_response(0xA700), _store_response(0x0000, sop_class=False),
+], ids=["success", "warning", "refused", "no-class"])
+def test_a_plain_store_response_is_decoded_as_pynetdicom_decodes_it(
+        response):
+    _pdata, value, theirs = _pynetdicom_decoded(response)
+    ours = plain_store_response(3, memoryview(value)[1:])
+    assert ours is not None
+    for keyword in _STATUS_KEYWORDS:
+        assert getattr(ours, keyword) == getattr(theirs, keyword), keyword
+    assocs = Association(AE(), "requestor")
+    assert assocs._check_received_status(ours) == \
+        assocs._check_received_status(theirs)
+
+
+def _command(*elements: tuple[int, bytes]) -> memoryview:
+    body = b"".join(struct.pack("<HHI", 0, element, len(raw)) + raw
+                    for element, raw in elements)
+    return memoryview(struct.pack("<HHI", 0, 0, 4)
+                      + struct.pack("<I", len(body)) + body)
+
+
+_PLAIN = [(0x0002, CTImageStorage.encode() + b"\0"),
+          (0x0100, struct.pack("<H", 0x8001)), (0x0120, struct.pack("<H", 9)),
+          (0x0800, struct.pack("<H", 0x0101)), (0x0900, struct.pack("<H", 0)),
+          (0x1000, SOP_INSTANCE.encode() + b"\0")]
+
+
+def _with_group_length(command: memoryview, more: int) -> memoryview:
+    raw = bytearray(command)
+    struct.pack_into("<I", raw, 8, len(raw) - 12 + more)
+    return memoryview(bytes(raw))
+
+
+def _replaced(element: int, raw: bytes):
+    return [(e, raw if e == element else r) for e, r in _PLAIN]
+
+
+@pytest.mark.parametrize("command", [
+    _command(*_PLAIN[:4], (0x0900, struct.pack("<H", 0xA700)),
+             (0x0902, b"full"), _PLAIN[5]),
+    _command(*_replaced(0x0800, struct.pack("<H", 0x0001))),
+    _command(*_replaced(0x0100, struct.pack("<H", 0x8021))),
+    _command(*_replaced(0x1000, b"1.02.3\0")),
+    _command(*_replaced(0x1000, b"1." + b"2" * 70)),
+    _command(*_replaced(0x0900, b"\0")),
+    _command(_PLAIN[1], _PLAIN[0], *_PLAIN[2:]),
+    _with_group_length(_command(*_PLAIN), 2),
+    memoryview(bytes(_command(*_PLAIN))[:-3]),
+], ids=["comment", "data-set", "not-store", "bad-uid", "long-uid",
+        "short-status", "out-of-order", "wrong-group-length",
+        "cut-short"])
+def test_any_other_command_set_is_left_to_pynetdicom(command):
+    assert plain_store_response(3, command) is None
+
+
+@pytest.mark.parametrize("elements", [_PLAIN, _PLAIN[:5]],
+                         ids=["whole", "no-instance-uid"])
+def test_the_plain_command_set_itself_is_decoded(elements):
+    decoded = plain_store_response(3, _command(*elements))
+    assert decoded is not None
+    assert (decoded.Status, decoded.MessageIDBeingRespondedTo) == (0, 9)
+    assert decoded.AffectedSOPInstanceUID == \
+        (SOP_INSTANCE if len(elements) == 6 else None)
 
 
 # The DUL ---------------------------------------------------------------
@@ -376,9 +476,16 @@ S1 = PATIENTS[0].studies[0]
 def lean_sends(monkeypatch):
     """Counts the C-STORE requests sent the lean way, and whether each
     association the node requested was made event-driven."""
-    counted = {"sends": 0, "requested": []}
+    counted = {"sends": 0, "requested": [], "decoded": 0}
     send = fastsend.send_c_store
     adopt = requested.event_driven_requestor
+    decode = fastsend.plain_store_response
+
+    def counting_decode(*args):
+        decoded = decode(*args)
+        counted["decoded"] += decoded is not None
+        return decoded
+    monkeypatch.setattr(fastsend, "plain_store_response", counting_decode)
 
     def counting_send(*args, **kwargs):
         counted["sends"] += 1
@@ -416,6 +523,7 @@ def test_a_c_move_sends_the_lean_way_byte_exact(archive, lean_sends):
             assoc.release()
     assert responses[-1][0].Status == 0x0000
     assert lean_sends["sends"] == len(uids)
+    assert lean_sends["decoded"] == len(uids)
     assert lean_sends["requested"] == [True]
     assert set(received.datasets) == uids
     for uid in uids:
@@ -457,6 +565,7 @@ def test_a_c_get_sends_the_lean_way_byte_exact(archive, lean_sends, caplog):
     assert [p.NumberOfRemainingSuboperations for p in pending] == \
         list(range(len(uids) - 1, -1, -1))
     assert lean_sends["sends"] == len(uids)
+    assert lean_sends["decoded"] == len(uids)
     # pynetdicom's log line for each request sent, as pynetdicom logs it.
     sent = [r.getMessage() for r in caplog.records
             if r.getMessage().startswith("Sending Store Request")]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import re
 import socket
 import ssl
 import struct
@@ -38,10 +39,12 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
-from pynetdicom._handlers import (standard_dimse_sent_handler,
+from pynetdicom._handlers import (standard_dimse_recv_handler,
+                                  standard_dimse_sent_handler,
                                   standard_pdu_sent_handler)
-from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.sop_class import uid_to_service_class
 
 from pacsstore.net.fastpath import (COMMAND, DATA_SET_PRESENT, LAST_FRAGMENT,
                                     NO_DATA_SET, P_DATA_TF, encode_command)
@@ -53,6 +56,7 @@ _PDU_AND_PDV_HEADER = struct.Struct(">BBIIBB")
 # The most buffers one sendmsg takes on Linux (IOV_MAX).
 _IOV_MAX = 1024
 C_STORE_RQ = 0x0001
+C_STORE_RSP = 0x8001
 PENDING = 0xFF00
 _PENDING_RESPONSES = {C_GET: 0x8010, C_MOVE: 0x8021}
 
@@ -224,6 +228,159 @@ class EncodedResponses:
             return
         assoc.dul.send_pdu(EncodedPData(p_data_encoded(
             context_id, command, None, self.dimse.maximum_pdu_size)))
+
+
+class DecodedResponses:
+    """``receive_primitive`` of an association's DIMSE provider: a plain
+    C-STORE response (:func:`plain_store_response`) that arrives whole in
+    one P-DATA-TF is decoded here with ``struct`` and queued as the
+    primitive pynetdicom would have made of it (pynetdicom's decoding,
+    through pydicom, took about 120 µs of the DUL thread for each
+    instance a retrieve sends); everything else goes to pynetdicom's
+    ``receive_primitive``."""
+
+    def __init__(self, dimse: Any) -> None:
+        self.dimse = dimse
+        self._receive = dimse.receive_primitive
+
+    @classmethod
+    def install(cls, dimse: Any) -> None:
+        if not isinstance(dimse.receive_primitive, cls):
+            dimse.receive_primitive = cls(dimse)
+
+    def __call__(self, primitive: P_DATA) -> None:
+        response = self._decoded(primitive)
+        if response is None:
+            self._receive(primitive)
+            return
+        _log_store_response(response)
+        self.dimse.msg_queue.put((response._context_id, response))
+
+    def _decoded(self, primitive: P_DATA) -> C_STORE | None:
+        if self.dimse.message is not None:
+            return None  # a message is being reassembled
+        items = primitive.presentation_data_value_list
+        if len(items) != 1:
+            return None
+        context_id, value = items[0]
+        if not value or value[0] != COMMAND | LAST_FRAGMENT:
+            return None
+        if not _receive_eligible(self.dimse.assoc):
+            return None
+        return plain_store_response(context_id, memoryview(value)[1:])
+
+
+# The elements of a plain C-STORE response: group length, Affected SOP
+# Class UID, Command Field, Message ID Being Responded To, Command Data
+# Set Type, Status, Affected SOP Instance UID (PS3.7 9.3.1.2).
+_PLAIN_RESPONSE_ELEMENTS = frozenset(
+    (0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x1000))
+_REQUIRED_RESPONSE_ELEMENTS = frozenset((0x0000, 0x0100, 0x0120, 0x0800,
+                                         0x0900))
+_ELEMENT = struct.Struct("<HHI")
+_US = struct.Struct("<H")
+_UL = struct.Struct("<I")
+
+
+def plain_store_response(context_id: int, command: memoryview
+                         ) -> C_STORE | None:
+    """The C-STORE response primitive of a command set that holds only
+    the elements of a plain response, each once and in order, with a
+    true group length, no data set and conformant UIDs: what pynetdicom
+    makes of it. None for any other command set, which pynetdicom then
+    decodes (and judges) itself."""
+    values = _elements(command)
+    if values is None or not _REQUIRED_RESPONSE_ELEMENTS <= values.keys():
+        return None
+    numbers = {}
+    for element, length in ((0x0000, 4), (0x0100, 2), (0x0120, 2),
+                            (0x0800, 2), (0x0900, 2)):
+        if len(values[element]) != length:
+            return None
+        numbers[element] = (_UL if length == 4 else _US).unpack(
+            values[element])[0]
+    if numbers[0x0000] != len(command) - 12 \
+            or numbers[0x0100] != C_STORE_RSP \
+            or numbers[0x0800] != NO_DATA_SET:
+        return None
+    response = C_STORE()
+    try:
+        response.MessageIDBeingRespondedTo = numbers[0x0120]
+        response.Status = numbers[0x0900]
+        for element, keyword in ((0x0002, "AffectedSOPClassUID"),
+                                 (0x1000, "AffectedSOPInstanceUID")):
+            if element in values:
+                uid = _uid(values[element])
+                if uid is None:
+                    return None
+                setattr(response, keyword, uid)
+    except (ValueError, TypeError):
+        return None
+    response._context_id = context_id
+    return response
+
+
+def _elements(command: memoryview) -> dict[int, memoryview] | None:
+    """Group 0000's elements of ``command`` by element number, or None
+    when it holds anything else, or an element twice or out of order,
+    or runs short."""
+    values: dict[int, memoryview] = {}
+    at, last = 0, -1
+    while at < len(command):
+        if at + _ELEMENT.size > len(command):
+            return None
+        group, element, length = _ELEMENT.unpack_from(command, at)
+        at += _ELEMENT.size
+        if group != 0 or element <= last \
+                or element not in _PLAIN_RESPONSE_ELEMENTS \
+                or at + length > len(command):
+            return None
+        values[element] = command[at:at + length]
+        at, last = at + length, element
+    return values
+
+
+def _uid(raw: memoryview) -> str | None:
+    """A UID value as pynetdicom would take it: ASCII, trailing NULs and
+    spaces dropped; None unless it is a valid UID (PS3.5 9.1: digits and
+    dots, no leading zero in a component, at most 64 characters)."""
+    try:
+        text = bytes(raw).decode("ascii").rstrip("\0 ")
+    except UnicodeDecodeError:
+        return None
+    if len(text) > 64 or not _VALID_UID.fullmatch(text):
+        return None
+    return text
+
+
+_VALID_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
+def _receive_eligible(assoc: Any) -> bool:
+    """Whether a response may be decoded here: EVT_DIMSE_RECV, which is
+    not triggered for it, has nothing but pynetdicom's logging (stood in
+    for by :func:`_log_store_response`) and the node's marking of
+    C-STORE requests bound, and pynetdicom is not logging at debug
+    level."""
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        return False
+    from pacsstore.net.handlers import handle_dimse_recv
+    stood_in = {standard_dimse_recv_handler, handle_dimse_recv}
+    return all(getattr(handler, "__func__", handler) in stood_in
+               for handler, _ in assoc.get_handlers(evt.EVT_DIMSE_RECV))
+
+
+def _log_store_response(response: C_STORE) -> None:
+    """pynetdicom's INFO line for a C-STORE response received."""
+    if not _handlers_log.isEnabledFor(logging.INFO):
+        return
+    status = int(response.Status)
+    text = f"0x{status:04X} - Unknown"
+    if response.AffectedSOPClassUID:
+        statuses = uid_to_service_class(response.AffectedSOPClassUID).statuses
+        if status in statuses:
+            text = f"0x{status:04X} - {statuses[status][0]}"
+    _handlers_log.info(f"Received Store Response (Status: {text})")
 
 
 def send_c_store(assoc: Any, *, sop_class_uid: str, sop_instance_uid: str,

@@ -57,8 +57,8 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.timer import Timer
 
 from pacsstore.net import fastpath
-from pacsstore.net.fastsend import (EncodedPData, EncodedResponses,
-                                    write_all)
+from pacsstore.net.fastsend import (DecodedResponses, EncodedPData,
+                                    EncodedResponses, write_all)
 
 # The loops log what pynetdicom's own log, under pynetdicom's names, so
 # that its log output reads the same with either.
@@ -353,6 +353,7 @@ class EventDrivenAssociation(Association):
         assoc._fast = None
         assoc.dimse.msg_queue = _waking(assoc.dimse.msg_queue, assoc.wake)
         EncodedResponses.install(assoc.dimse)
+        DecodedResponses.install(assoc.dimse)
         assoc.dul.to_user_queue = _waking(assoc.dul.to_user_queue,
                                           assoc.wake)
 
