@@ -322,6 +322,19 @@ def test_the_dul_drops_an_encoded_message_outside_data_transfer(
         peer.recv(64)
 
 
+def test_a_message_is_written_from_the_sender_only_with_nothing_queued(
+        dul_on_socketpair):
+    dul, peer = dul_on_socketpair
+    assert dul.write_now([b"now"])
+    assert peer.recv(64) == b"now"
+    dul.to_provider_queue.put(EncodedPData([b"queued"]))
+    assert not dul.write_now([b"overtaking"])  # it would overtake
+    assert dul._process_recv_primitive()
+    assert peer.recv(64) == b"queued"
+    dul.state_machine.current_state = "Sta7"
+    assert not dul.write_now([b"late"])
+
+
 # The pause of a requested association's reactor ------------------------
 
 class _ClearedOnPassing(threading.Event):

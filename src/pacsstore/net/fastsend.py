@@ -11,14 +11,20 @@ about 2 s that way, against 0.3 s for Orthanc.
 
 Here the whole request, command set and data set, is encoded at once
 into the PDUs pynetdicom would have sent (one presentation data value
-each, PS3.8 9.3.5), and queued as a single :class:`EncodedPData`
-primitive, which the DUL thread writes with one ``sendall``
-(:class:`pacsstore.net.reactor.EventDrivenDUL`). The queue keeps it in
-order with every other message of the association. The response comes
-back through pynetdicom as before, and is checked by pynetdicom's own
-code. What the peer receives is byte for byte what pynetdicom sends.
+each, PS3.8 9.3.5), as the PDU headers and views of the data set, and
+written by the sending thread itself with ``sendmsg`` when nothing is
+queued before it, or else queued as a single :class:`EncodedPData`
+primitive for the DUL thread, which writes it in its turn
+(:class:`pacsstore.net.reactor.EventDrivenDUL`; one lock keeps the two
+writers' PDUs apart). The pending C-GET and C-MOVE responses go the
+same way (:class:`EncodedResponses`). What the peer receives is byte
+for byte what pynetdicom sends.
 
-Only associations whose DUL writes these primitives, over plain TCP,
+The response still comes back through pynetdicom's DUL thread; a plain
+C-STORE response is decoded here with ``struct`` rather than by pydicom
+(:class:`DecodedResponses`), and checked by pynetdicom's own code.
+
+Only associations whose DUL writes these messages, over plain TCP,
 with nothing bound to the per-message events that would see the
 difference (see :func:`eligible`), take this path; any other send is
 pynetdicom's.
@@ -226,8 +232,8 @@ class EncodedResponses:
         if command is None or not eligible(assoc):
             self._send(primitive, context_id)
             return
-        assoc.dul.send_pdu(EncodedPData(p_data_encoded(
-            context_id, command, None, self.dimse.maximum_pdu_size)))
+        send_encoded(assoc, p_data_encoded(
+            context_id, command, None, self.dimse.maximum_pdu_size))
 
 
 class DecodedResponses:
@@ -383,6 +389,13 @@ def _log_store_response(response: C_STORE) -> None:
     _handlers_log.info(f"Received Store Response (Status: {text})")
 
 
+def send_encoded(assoc: Any, buffers: list[bytes | memoryview]) -> None:
+    """Write an encoded message on ``assoc`` from this thread when the
+    DUL lets it (nothing queued before it), else queue it for the DUL."""
+    if not assoc.dul.write_now(buffers):
+        assoc.dul.send_pdu(EncodedPData(buffers))
+
+
 def send_c_store(assoc: Any, *, sop_class_uid: str, sop_instance_uid: str,
                  transfer_syntax: str, dataset: bytes | memoryview,
                  message_id: int = 1, priority: int = 2,
@@ -412,7 +425,7 @@ def send_c_store(assoc: Any, *, sop_class_uid: str, sop_instance_uid: str,
     while not assoc._is_paused:
         time.sleep(0.0001)
     try:
-        assoc.dul.send_pdu(EncodedPData(encoded))
+        send_encoded(assoc, encoded)
         _context_id, response = assoc.dimse.get_msg(block=True)
     finally:
         assoc._reactor_checkpoint.set()

@@ -155,6 +155,7 @@ class EventDrivenDUL(DULServiceProvider):
         assert isinstance(dul, EventDrivenDUL)
         dul.decided = threading.Event()
         dul.handed_over = False
+        dul._write_lock = threading.Lock()
         dul._wake_read, dul._wake_write = socket.socketpair()
         dul._wake_read.setblocking(False)
         dul._wake_write.setblocking(False)
@@ -223,6 +224,30 @@ class EventDrivenDUL(DULServiceProvider):
             except (BlockingIOError, OSError):
                 pass
 
+    def _send(self, pdu: Any) -> None:
+        # Under the lock a message written from another thread takes
+        # (write_now), so that two PDUs never interleave on the socket.
+        with self._write_lock:
+            super()._send(pdu)
+
+    def write_now(self, buffers: list[bytes | memoryview]) -> bool:
+        """Write an encoded message from the calling thread, which saves
+        a handoff to this one and back (:mod:`pacsstore.net.fastsend`):
+        only in the data transfer phase, and only when nothing is queued
+        before it, so that it cannot overtake a message; False (nothing
+        written) otherwise, and the message is to be queued."""
+        with self._write_lock:
+            transport = self.socket
+            sock = transport.socket if transport is not None else None
+            if sock is None or self.to_provider_queue.qsize() \
+                    or self.state_machine.current_state != "Sta6":
+                return False
+            try:
+                write_all(sock, buffers)
+            except OSError:
+                self.event_queue.put("Evt17")  # the transport closed
+            return True
+
     def _process_recv_primitive(self) -> bool:
         """pynetdicom's, but a message already encoded
         (:mod:`pacsstore.net.fastsend`) is written here: in the data
@@ -236,19 +261,20 @@ class EventDrivenDUL(DULServiceProvider):
             return False
         if not isinstance(primitive, EncodedPData):
             return super()._process_recv_primitive()
-        self.to_provider_queue.get(False)
-        # Writing queues no event, so the loop would wait next: it must
-        # not while more is queued.
-        if self.to_provider_queue.qsize():
-            self.wake()
-        if self.state_machine.current_state != "Sta6":
-            _dul_log.warning("a message was not sent: the association is "
-                             "no longer in data transfer")
-            return True
-        try:
-            write_all(self.socket.socket, primitive.buffers)
-        except OSError:
-            self.event_queue.put("Evt17")  # the transport closed
+        with self._write_lock:
+            self.to_provider_queue.get(False)
+            # Writing queues no event, so the loop would wait next: it
+            # must not while more is queued.
+            if self.to_provider_queue.qsize():
+                self.wake()
+            if self.state_machine.current_state != "Sta6":
+                _dul_log.warning("a message was not sent: the association "
+                                 "is no longer in data transfer")
+                return True
+            try:
+                write_all(self.socket.socket, primitive.buffers)
+            except OSError:
+                self.event_queue.put("Evt17")  # the transport closed
         return True
 
     def run_reactor(self) -> None:
