@@ -1,9 +1,12 @@
 """The retrieve's lean send (pacsstore.net.fastsend): C-STORE requests
 and pending C-GET / C-MOVE responses encoded here are byte for byte what
-pynetdicom encodes; the DUL writes them in order and goes on to the next
-at once; the reactors the node requests wait exactly while a send holds
-them; and a C-GET or C-MOVE through the node takes this path, reading
-each instance while the one before it is sent."""
+pynetdicom encodes, and plain C-STORE responses decoded here are what
+pynetdicom makes of them; the DUL writes them in order and goes on to
+the next at once, and a sender writes itself only with nothing queued;
+the reactors the node requests wait exactly while a send holds them; a
+C-GET or C-MOVE through the node takes this path, reading each instance
+while the one before it is sent; and a destination that stops reading
+fails the move rather than hanging it."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import threading
 from io import BytesIO
 
 import pytest
+from pydicom import dcmread
 from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian, MRImageStorage,
                          SecondaryCaptureImageStorage)
@@ -23,14 +27,16 @@ from pynetdicom.dimse_messages import (C_GET_RSP, C_MOVE_RSP, C_STORE_RQ,
                                        C_STORE_RSP, DIMSEMessage)
 from pynetdicom.dimse_primitives import C_ECHO, C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu import P_DATA_TF
-from pacsstore._parse import parse
 
+import pacsstore.net.node as node_module
 from corpus import CORPUS_ROOT
 from pacsstore import Archive
+from pacsstore._parse import parse
 from pacsstore.net import fastsend, reactor, requested, retrieve
 from pacsstore.net.fastsend import (EncodedPData, c_store_command,
                                     p_data_encoded, pending_response_command,
                                     plain_store_response, write_all)
+from pacsstore.synthetic import write_multiframe
 from qr_support import (GET, MOVE, NODE_AE, PATIENTS,
                         PYNETDICOM_DESTINATION, dataset_bytes, fill,
                         free_port, identifier, peer_table,
@@ -586,3 +592,48 @@ def test_a_c_get_sends_the_lean_way_byte_exact(archive, lean_sends, caplog):
     assert set(got) == uids
     for uid in uids:
         assert got[uid] == dataset_bytes(archive.get(uid))
+
+
+@pytest.mark.network
+def test_a_destination_that_stops_reading_fails_the_move_not_hangs_it(
+        tmp_path, monkeypatch):
+    """The sender writes to the destination itself now, so a destination
+    that stops reading halfway through an instance must not hold it for
+    good: the socket's timeout ends the write, and the move fails that
+    instance and answers."""
+    monkeypatch.setattr(node_module, "NETWORK_TIMEOUT", 2)
+    monkeypatch.setattr(node_module, "DIMSE_TIMEOUT", 4)
+    # Larger than the socket buffers of both ends together.
+    path = write_multiframe(tmp_path / "large.dcm", 64)
+    sop_class = str(dcmread(path, stop_before_pixels=True).SOPClassUID)
+    study = str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+    gate = threading.Event()
+
+    def stop_reading(event):
+        if event.assoc.is_established:
+            gate.wait(30)  # the DUL thread reads no more until then
+    destination = AE(ae_title=PYNETDICOM_DESTINATION)
+    destination.add_supported_context(sop_class, UNCOMPRESSED)
+    port = free_port()
+    server = destination.start_server(
+        ("127.0.0.1", port), block=False,
+        evt_handlers=[(evt.EVT_DATA_RECV, stop_reading),
+                      (evt.EVT_C_STORE, lambda event: 0x0000)])
+    try:
+        with Archive(tmp_path / "store") as archive:
+            archive.store(path)
+            with run_node(archive,
+                          peer_table({PYNETDICOM_DESTINATION: port})) as node:
+                assoc = qr_association(node, [MOVE["study"]])
+                try:
+                    responses = list(assoc.send_c_move(
+                        identifier("STUDY", StudyInstanceUID=study),
+                        PYNETDICOM_DESTINATION, MOVE["study"]))
+                finally:
+                    assoc.release()
+    finally:
+        gate.set()
+        server.shutdown()
+    final = responses[-1][0]
+    assert final.Status == 0xA702  # every sub-operation failed
+    assert final.NumberOfFailedSuboperations == 1

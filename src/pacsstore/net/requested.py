@@ -73,6 +73,10 @@ def handle_requested_conn_open(event: Event) -> None:
     sock = event.assoc.dul.socket.socket
     if sock is not None:
         no_delay(sock)
+        # pynetdicom leaves a connected socket without a timeout: a peer
+        # that stops reading would hold a write to it for good, and with
+        # it the thread sending a retrieve's instances.
+        sock.settimeout(event.assoc.network_timeout)
     event_driven_requestor(event.assoc)
     keep_responses(event.assoc)
 
