@@ -48,7 +48,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -142,20 +142,32 @@ def eligible(assoc: Any) -> bool:
     """Whether the data transfer phase of ``assoc``, just negotiated, can
     be run by :class:`DataTransferLoop` without changing what anyone
     sees."""
-    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-        return False
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
-    if sock is None or isinstance(sock, ssl.SSLSocket):
+    if not plain_tcp_quietly(assoc):
         return False
     contexts = list(assoc._accepted_cx.values())
     if not contexts or not all(map(_served_here, contexts)):
         return False
-    stood_in = _stood_in_handlers()
-    for event in _PER_MESSAGE_EVENTS:
-        for handler, _ in assoc.get_handlers(event):
-            if getattr(handler, "__func__", handler) not in stood_in:
-                return False
-    return True
+    return only_handlers(assoc, _PER_MESSAGE_EVENTS, _stood_in_handlers())
+
+
+def plain_tcp_quietly(assoc: Any) -> bool:
+    """What any work done outside pynetdicom on ``assoc`` needs: a plain
+    TCP socket (TLS stays pynetdicom's), and pynetdicom not logging at
+    debug level (its debug lines are not written here)."""
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        return False
+    sock = assoc.dul.socket.socket if assoc.dul.socket else None
+    return sock is not None and not isinstance(sock, ssl.SSLSocket)
+
+
+def only_handlers(assoc: Any, events: Iterable[Any],
+                  stood_in: set[Callable[..., Any]]) -> bool:
+    """Whether every handler bound to ``events`` on ``assoc`` is one of
+    ``stood_in``: those whose work is done, or not needed, where the
+    events are not triggered."""
+    return all(getattr(handler, "__func__", handler) in stood_in
+               for event in events
+               for handler, _ in assoc.get_handlers(event))
 
 
 def _served_here(context: Any) -> bool:

@@ -37,7 +37,6 @@ import itertools
 import logging
 import re
 import socket
-import ssl
 import struct
 import time
 from collections.abc import Iterator
@@ -53,7 +52,8 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import uid_to_service_class
 
 from pacsstore.net.fastpath import (COMMAND, DATA_SET_PRESENT, LAST_FRAGMENT,
-                                    NO_DATA_SET, P_DATA_TF, encode_command)
+                                    NO_DATA_SET, P_DATA_TF, encode_command,
+                                    only_handlers, plain_tcp_quietly)
 
 # pynetdicom's logging handlers log under this name.
 _handlers_log = logging.getLogger("pynetdicom._handlers")
@@ -84,19 +84,9 @@ class EncodedPData(P_DATA):
 def eligible(assoc: Any) -> bool:
     """Whether a C-STORE request on ``assoc`` may be sent from here
     without changing what anyone sees."""
-    if not getattr(assoc.dul, "sends_encoded", False):
-        return False
-    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-        return False
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
-    if sock is None or isinstance(sock, ssl.SSLSocket):
-        return False
-    stood_in = _stood_in_handlers()
-    for event in _SENT_EVENTS:
-        for handler, _ in assoc.get_handlers(event):
-            if getattr(handler, "__func__", handler) not in stood_in:
-                return False
-    return True
+    return getattr(assoc.dul, "sends_encoded", False) \
+        and plain_tcp_quietly(assoc) \
+        and only_handlers(assoc, _SENT_EVENTS, _stood_in_handlers())
 
 
 def _stood_in_handlers() -> set[Any]:
@@ -211,32 +201,41 @@ def pending_response_command(primitive: Any) -> bytes | None:
                                     counts))])
 
 
-class EncodedResponses:
-    """``send_msg`` of an association's DIMSE provider: the pending
-    responses of a retrieve are encoded here and queued whole (one for
-    each instance sent, and pynetdicom's took as long as sending a CT
-    slice); every other message goes to pynetdicom's ``send_msg``."""
+class _StandIn:
+    """A stand-in for one method of an association's DIMSE provider,
+    which it calls for whatever it does not handle itself."""
+
+    METHOD = ""
 
     def __init__(self, dimse: Any) -> None:
         self.dimse = dimse
-        self._send = dimse.send_msg
+        self.pynetdicoms = getattr(dimse, self.METHOD)
 
     @classmethod
     def install(cls, dimse: Any) -> None:
-        if not isinstance(dimse.send_msg, cls):
-            dimse.send_msg = cls(dimse)
+        if not isinstance(getattr(dimse, cls.METHOD), cls):
+            setattr(dimse, cls.METHOD, cls(dimse))
+
+
+class EncodedResponses(_StandIn):
+    """``send_msg`` of an association's DIMSE provider: the pending
+    responses of a retrieve are encoded here and sent whole (one for
+    each instance sent, and pynetdicom's took as long as sending a CT
+    slice); every other message goes to pynetdicom's ``send_msg``."""
+
+    METHOD = "send_msg"
 
     def __call__(self, primitive: Any, context_id: int) -> None:
         command = pending_response_command(primitive)
         assoc = self.dimse.assoc
         if command is None or not eligible(assoc):
-            self._send(primitive, context_id)
+            self.pynetdicoms(primitive, context_id)
             return
         send_encoded(assoc, p_data_encoded(
             context_id, command, None, self.dimse.maximum_pdu_size))
 
 
-class DecodedResponses:
+class DecodedResponses(_StandIn):
     """``receive_primitive`` of an association's DIMSE provider: a plain
     C-STORE response (:func:`plain_store_response`) that arrives whole in
     one P-DATA-TF is decoded here with ``struct`` and queued as the
@@ -245,19 +244,12 @@ class DecodedResponses:
     instance a retrieve sends); everything else goes to pynetdicom's
     ``receive_primitive``."""
 
-    def __init__(self, dimse: Any) -> None:
-        self.dimse = dimse
-        self._receive = dimse.receive_primitive
-
-    @classmethod
-    def install(cls, dimse: Any) -> None:
-        if not isinstance(dimse.receive_primitive, cls):
-            dimse.receive_primitive = cls(dimse)
+    METHOD = "receive_primitive"
 
     def __call__(self, primitive: P_DATA) -> None:
         response = self._decoded(primitive)
         if response is None:
-            self._receive(primitive)
+            self.pynetdicoms(primitive)
             return
         _log_store_response(response)
         self.dimse.msg_queue.put((response._context_id, response))
@@ -370,10 +362,11 @@ def _receive_eligible(assoc: Any) -> bool:
     level."""
     if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
         return False
+    # Imported here: pacsstore.net.handlers imports the reactor, which
+    # imports this module.
     from pacsstore.net.handlers import handle_dimse_recv
-    stood_in = {standard_dimse_recv_handler, handle_dimse_recv}
-    return all(getattr(handler, "__func__", handler) in stood_in
-               for handler, _ in assoc.get_handlers(evt.EVT_DIMSE_RECV))
+    return only_handlers(assoc, (evt.EVT_DIMSE_RECV,),
+                         {standard_dimse_recv_handler, handle_dimse_recv})
 
 
 def _log_store_response(response: C_STORE) -> None:
