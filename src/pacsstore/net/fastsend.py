@@ -91,15 +91,16 @@ def eligible(assoc: Any) -> bool:
 
 def _stood_in_handlers() -> set[Any]:
     """Handlers of those events with nothing to do for a C-STORE
-    request sent from here."""
+    request or a pending retrieve response sent from here."""
     # Imported here: pacsstore.net.qr imports the retrieve module, which
     # imports this one.
     from pacsstore.net.qr import EarlyRefusals
     return {
         # pynetdicom's logging: at debug level this path is not taken,
-        # and its info line is logged here.
+        # and its one info line (for a C-STORE request) is logged here.
         standard_dimse_sent_handler, standard_pdu_sent_handler,
-        # Acts only on C-MOVE and C-GET responses.
+        # Rewrites the final response of a retrieve it refused before
+        # any sub-operation, so one that has no pending responses.
         EarlyRefusals.handle_sent,
     }
 
