@@ -637,3 +637,93 @@ def test_a_destination_that_stops_reading_fails_the_move_not_hangs_it(
     final = responses[-1][0]
     assert final.Status == 0xA702  # every sub-operation failed
     assert final.NumberOfFailedSuboperations == 1
+
+
+def _study_destination(port: int, on_store, *, adjust=None):
+    """A pynetdicom storage SCP for the test classes whose C-STORE
+    handler is ``on_store``; ``adjust`` may change each response it
+    sends."""
+    ae = AE(ae_title=PYNETDICOM_DESTINATION)
+    for sop_class, syntaxes in EVERY_CLASS:
+        ae.add_supported_context(sop_class, syntaxes)
+    handlers = [(evt.EVT_C_STORE, on_store)]
+    if adjust is not None:
+        def wrap(event):
+            send = event.assoc.dimse.send_msg
+
+            def adjusted(primitive, context_id):
+                adjust(primitive)
+                send(primitive, context_id)
+            event.assoc.dimse.send_msg = adjusted
+        handlers.append((evt.EVT_ACCEPTED, wrap))
+    return ae.start_server(("127.0.0.1", port), block=False,
+                           evt_handlers=handlers)
+
+
+def _move_study(archive, port: int, *, client_timeout: float = 30):
+    with run_node(archive, peer_table({PYNETDICOM_DESTINATION: port})) \
+            as node:
+        assoc = qr_association(node, [MOVE["study"]])
+        assoc.dimse_timeout = client_timeout
+        try:
+            return list(assoc.send_c_move(
+                identifier("STUDY", StudyInstanceUID=study_uid(S1)),
+                PYNETDICOM_DESTINATION, MOVE["study"]))
+        finally:
+            assoc.release()
+
+
+def _failed_uids(identifier_) -> set[str]:
+    value = identifier_.FailedSOPInstanceUIDList
+    return {value} if isinstance(value, str) else set(value)
+
+
+@pytest.mark.network
+def test_a_response_to_another_message_fails_the_sub_operation(archive):
+    """pynetdicom takes any C-STORE response for the answer; a
+    destination that answers with another Message ID has not said that
+    this instance is stored."""
+    def off_by_seven(primitive):
+        if isinstance(primitive, C_STORE):
+            primitive.MessageIDBeingRespondedTo = \
+                (primitive.MessageIDBeingRespondedTo + 7) & 0xFFFF
+    port = free_port()
+    server = _study_destination(port, lambda event: 0x0000,
+                                adjust=off_by_seven)
+    try:
+        responses = _move_study(archive, port)
+    finally:
+        server.shutdown()
+    final, failed = responses[-1]
+    assert final.Status == 0xA702  # every sub-operation failed
+    assert _failed_uids(failed) == study_instance_uids(S1)
+
+
+@pytest.mark.network
+def test_a_destination_sending_garbage_fails_the_rest_at_once(
+        archive, monkeypatch):
+    """A PDU the node cannot decode aborts the destination association;
+    the send waiting for its response must not wait out the DIMSE
+    timeout (pynetdicom's abort does not wake it). Here that timeout is
+    longer than the client waits for the move's answer."""
+    monkeypatch.setattr(node_module, "DIMSE_TIMEOUT", 120)
+    stores = []
+
+    def garbage_on_the_second(event):
+        stores.append(event)
+        if len(stores) == 2:
+            event.assoc.dul.socket.socket.sendall(
+                b"\x04\x00\x00\x00\x00\x10garbagegarbage!!")
+        return 0x0000
+    port = free_port()
+    server = _study_destination(port, garbage_on_the_second)
+    try:
+        responses = _move_study(archive, port, client_timeout=20)
+    finally:
+        server.shutdown()
+    final, _failed = responses[-1]
+    assert final.Status == 0xB000  # some completed, the rest failed
+    assert final.NumberOfCompletedSuboperations >= 1
+    assert final.NumberOfFailedSuboperations >= 1
+    assert final.NumberOfCompletedSuboperations + \
+        final.NumberOfFailedSuboperations == len(study_instance_uids(S1))

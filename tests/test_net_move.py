@@ -5,6 +5,7 @@ stored syntax, C-CANCEL, and refusals."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import threading
 import time
@@ -190,11 +191,14 @@ def test_net_move_with_no_match_succeeds_with_nothing_sent(node, ports):
 
 # Partial and total failure ------------------------------------------------
 
-def test_net_move_destination_without_a_sop_class_fails_those(node, ports):
+def test_net_move_destination_without_a_sop_class_fails_those(node, ports,
+                                                             caplog):
     """PAT-001 holds 5 CT and 2 MR instances; the destination takes CT
-    only, so the MR sub-operations fail and are listed."""
+    only, so the MR sub-operations fail and are listed, and the log says
+    that it is the SOP class the destination did not take."""
     with pynetdicom_destination(ports[PYNETDICOM_DESTINATION],
-                                [(CTImageStorage, UNCOMPRESSED)]):
+                                [(CTImageStorage, UNCOMPRESSED)]), \
+            caplog.at_level(logging.WARNING, logger="pacsstore.net"):
         responses = move(node, "patient",
                          identifier("PATIENT", PatientID="PAT-001"))
     final, failed = responses[-1]
@@ -202,6 +206,8 @@ def test_net_move_destination_without_a_sop_class_fails_those(node, ports):
     assert (final.NumberOfCompletedSuboperations,
             final.NumberOfFailedSuboperations) == (5, 2)
     assert set(failed.FailedSOPInstanceUIDList) == study_instance_uids(S2)
+    assert caplog.text.count(f"accepted no presentation context for its "
+                             f"SOP class {MRImageStorage}") == 2
 
 
 def test_net_move_destination_refusing_instances_lists_them(node, ports):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import queue
 import re
 import socket
 import struct
@@ -54,6 +55,7 @@ from pynetdicom.sop_class import uid_to_service_class
 from pacsstore.net.fastpath import (COMMAND, DATA_SET_PRESENT, LAST_FRAGMENT,
                                     NO_DATA_SET, P_DATA_TF, encode_command,
                                     only_handlers, plain_tcp_quietly)
+from pacsstore.net.status import PROCESSING_FAILURE, refusal
 
 # pynetdicom's logging handlers log under this name.
 _handlers_log = logging.getLogger("pynetdicom._handlers")
@@ -65,6 +67,9 @@ C_STORE_RQ = 0x0001
 C_STORE_RSP = 0x8001
 PENDING = 0xFF00
 _PENDING_RESPONSES = {C_GET: 0x8010, C_MOVE: 0x8021}
+# How often a send waiting for its response looks whether the
+# association is still in data transfer.
+_RESPONSE_POLL = 0.1
 
 # The events pynetdicom would trigger for a request sent its way, which
 # are not triggered for one sent from here.
@@ -420,13 +425,44 @@ def send_c_store(assoc: Any, *, sop_class_uid: str, sop_instance_uid: str,
         time.sleep(0.0001)
     try:
         send_encoded(assoc, encoded)
-        _context_id, response = assoc.dimse.get_msg(block=True)
+        _context_id, response = _awaited_response(assoc)
     finally:
         assoc._reactor_checkpoint.set()
     if response is None:
         assoc._handle_no_response()
         return Dataset()
+    if not isinstance(response, C_STORE) \
+            or response.MessageIDBeingRespondedTo != message_id:
+        # pynetdicom would take any message for the answer. One that
+        # answers another request says nothing of this one: the
+        # sub-operation fails rather than counting as stored.
+        answered = getattr(response, "MessageIDBeingRespondedTo", None)
+        reason = (f"the peer answered the C-STORE request of message "
+                  f"{message_id} with a {type(response).__name__} "
+                  f"response to message {answered}")
+        _handlers_log.warning(reason)
+        return refusal(PROCESSING_FAILURE, reason)
     return assoc._check_received_status(response)
+
+
+def _awaited_response(assoc: Any) -> tuple[int | None, Any]:
+    """What pynetdicom's blocking ``get_msg`` gives, the next message or
+    (None, None) after the DIMSE timeout, except that the wait ends as
+    soon as the association has left data transfer, when no response
+    can come: pynetdicom's abort for a PDU it cannot decode (AA-8)
+    leaves the send waiting out the whole DIMSE timeout."""
+    timeout = assoc.dimse_timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        wait = _RESPONSE_POLL if deadline is None else \
+            max(0.0, min(_RESPONSE_POLL, deadline - time.monotonic()))
+        try:
+            return assoc.dimse.msg_queue.get(timeout=wait)
+        except queue.Empty:
+            pass
+        if assoc.dul.state_machine.current_state != "Sta6" \
+                or (deadline is not None and time.monotonic() >= deadline):
+            return None, None
 
 
 def _modality(sop_class_uid: str) -> str:

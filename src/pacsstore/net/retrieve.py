@@ -188,8 +188,13 @@ class StoredInstanceSender:
         """Send ``instance`` with the C-STORE ``request`` parameters
         (message ID, priority, move originator title and message ID)."""
         uid = str(instance.SOPInstanceUID)
-        syntax = choose_syntax(instance.stored_syntax, accepted_syntaxes(
-            self.assoc, str(instance.SOPClassUID)))
+        sop_class = str(instance.SOPClassUID)
+        accepted = accepted_syntaxes(self.assoc, sop_class)
+        if not accepted:
+            return self._failed(uid, NO_ACCEPTED_CONTEXT,
+                                f"the peer accepted no presentation "
+                                f"context for its SOP class {sop_class}")
+        syntax = choose_syntax(instance.stored_syntax, accepted)
         if syntax is None:
             return self._failed(uid, NO_ACCEPTED_CONTEXT,
                                 f"the peer accepts no syntax it can be "
