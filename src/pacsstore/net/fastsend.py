@@ -55,7 +55,6 @@ from pynetdicom.sop_class import uid_to_service_class
 from pacsstore.net.fastpath import (COMMAND, DATA_SET_PRESENT, LAST_FRAGMENT,
                                     NO_DATA_SET, P_DATA_TF, encode_command,
                                     only_handlers, plain_tcp_quietly)
-from pacsstore.net.status import PROCESSING_FAILURE, refusal
 
 # pynetdicom's logging handlers log under this name.
 _handlers_log = logging.getLogger("pynetdicom._handlers")
@@ -75,6 +74,11 @@ _RESPONSE_POLL = 0.1
 # are not triggered for one sent from here.
 _SENT_EVENTS = (evt.EVT_DIMSE_SENT, evt.EVT_PDU_SENT, evt.EVT_DATA_SENT,
                 evt.EVT_FSM_TRANSITION)
+
+
+class Unanswered(Exception):
+    """A C-STORE request that got no answer of its own; the message
+    says why."""
 
 
 class EncodedPData(P_DATA):
@@ -402,11 +406,12 @@ def send_c_store(assoc: Any, *, sop_class_uid: str, sop_instance_uid: str,
                  originator_id: int | None = None) -> Dataset:
     """What ``assoc.send_c_store`` does for a dataset already encoded in
     ``transfer_syntax``: the request, then the peer's response read and
-    checked by pynetdicom, returned as its status Dataset (empty when
-    none came)."""
+    checked by pynetdicom, returned as its status Dataset. :class:`Unanswered`
+    when the association has ended, or no response came, or one for
+    another request (where pynetdicom raises for the first, returns an
+    empty Dataset for the second and takes the third for the answer)."""
     if not assoc.is_established:
-        raise RuntimeError("The association with a peer SCP must be "
-                           "established before sending a C-STORE request")
+        raise Unanswered("the association to the peer has ended")
     context = assoc._get_valid_context(sop_class_uid, transfer_syntax, "scu",
                                        allow_conversion=False)
     command = c_store_command(
@@ -430,18 +435,17 @@ def send_c_store(assoc: Any, *, sop_class_uid: str, sop_instance_uid: str,
         assoc._reactor_checkpoint.set()
     if response is None:
         assoc._handle_no_response()
-        return Dataset()
+        raise Unanswered("no response came from the peer")
     if not isinstance(response, C_STORE) \
             or response.MessageIDBeingRespondedTo != message_id:
         # pynetdicom would take any message for the answer. One that
         # answers another request says nothing of this one: the
         # sub-operation fails rather than counting as stored.
         answered = getattr(response, "MessageIDBeingRespondedTo", None)
-        reason = (f"the peer answered the C-STORE request of message "
-                  f"{message_id} with a {type(response).__name__} "
-                  f"response to message {answered}")
-        _handlers_log.warning(reason)
-        return refusal(PROCESSING_FAILURE, reason)
+        raise Unanswered(f"the peer answered the C-STORE request of "
+                         f"message {message_id} with a "
+                         f"{type(response).__name__} response to message "
+                         f"{answered}")
     return assoc._check_received_status(response)
 
 

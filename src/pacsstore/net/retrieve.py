@@ -172,6 +172,8 @@ class StoredInstanceSender:
         self.archive = archive
         self.originator = originator
         self._send: SendCStore = assoc.send_c_store
+        # Whether instances go out the lean way (net/fastsend.py).
+        self._lean: bool | None = None
 
     def __call__(self, dataset: Any, msg_id: int = 1, priority: int = 2,
                  originator_aet: str | None = None,
@@ -188,6 +190,11 @@ class StoredInstanceSender:
         """Send ``instance`` with the C-STORE ``request`` parameters
         (message ID, priority, move originator title and message ID)."""
         uid = str(instance.SOPInstanceUID)
+        if not self.assoc.is_established:
+            # The peer aborted or went away: pynetdicom would raise for
+            # each instance left, and log an error for each.
+            return self._failed(uid, PROCESSING_FAILURE,
+                                "the association to the peer has ended")
         sop_class = str(instance.SOPClassUID)
         accepted = accepted_syntaxes(self.assoc, sop_class)
         if not accepted:
@@ -200,7 +207,12 @@ class StoredInstanceSender:
                                 f"the peer accepts no syntax it can be "
                                 f"sent in (stored as "
                                 f"{instance.stored_syntax})")
-        if fastsend.eligible(self.assoc):
+        if self._lean is None:
+            # Decided once: the socket of an association the peer has
+            # just aborted is gone, and the instances left must still
+            # fail at once rather than wait on pynetdicom's send.
+            self._lean = fastsend.eligible(self.assoc)
+        if self._lean:
             return self._send_encoded(instance, syntax, *request)
         with tempfile.NamedTemporaryFile(prefix="pacsstore-send-",
                                          suffix=".dcm") as scratch:
@@ -226,11 +238,16 @@ class StoredInstanceSender:
                                       syntax)
         except (PacsstoreError, OSError) as error:
             return self._failed(uid, PROCESSING_FAILURE, str(error))
-        status = fastsend.send_c_store(
-            self.assoc, sop_class_uid=str(instance.SOPClassUID),
-            sop_instance_uid=uid, transfer_syntax=syntax, dataset=dataset,
-            message_id=message_id, priority=priority,
-            originator_ae=originator_ae, originator_id=originator_id)
+        try:
+            status = fastsend.send_c_store(
+                self.assoc, sop_class_uid=str(instance.SOPClassUID),
+                sop_instance_uid=uid, transfer_syntax=syntax,
+                dataset=dataset, message_id=message_id, priority=priority,
+                originator_ae=originator_ae, originator_id=originator_id)
+        except fastsend.Unanswered as failure:
+            logger.warning("sending %s to %s failed: %s", uid, self.peer,
+                           failure)
+            return refusal(PROCESSING_FAILURE, str(failure))
         self._log_refusal(uid, status)
         return status
 
