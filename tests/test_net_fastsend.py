@@ -513,6 +513,7 @@ def lean_sends(monkeypatch):
     def recording_adopt(assoc):
         adopted = adopt(assoc)
         counted["requested"].append(adopted)
+        counted.setdefault("associations", []).append(assoc)
         return adopted
     monkeypatch.setattr(fastsend, "send_c_store", counting_send)
     monkeypatch.setattr(requested, "event_driven_requestor",
@@ -544,6 +545,11 @@ def test_a_c_move_sends_the_lean_way_byte_exact(archive, lean_sends):
     assert lean_sends["sends"] == len(uids)
     assert lean_sends["decoded"] == len(uids)
     assert lean_sends["requested"] == [True]
+    # Released before the final response: its wake-up sockets are closed
+    # (pynetdicom's loop, which ran its DUL, cannot close them itself).
+    (destination_assoc,) = lean_sends["associations"]
+    assert destination_assoc.dul._wake_read.fileno() == -1
+    assert destination_assoc.dul._wake_write.fileno() == -1
     assert set(received.datasets) == uids
     for uid in uids:
         assert received.datasets[uid] == dataset_bytes(archive.get(uid))

@@ -176,9 +176,13 @@ class EventDrivenDUL(DULServiceProvider):
             self.run_reactor()
         finally:
             self.decided.set()
-            self._wake_read.close()
-            self._wake_write.close()
+            self.close_wake()
             self.assoc_wake()
+
+    def close_wake(self) -> None:
+        """Close the wake-up socket pair, once the loop has ended."""
+        self._wake_read.close()
+        self._wake_write.close()
 
     def assoc_wake(self) -> None:
         wake = getattr(self.assoc, "wake", None)
@@ -390,6 +394,11 @@ class EventDrivenAssociation(Association):
         self._kill = True
         self.wake()
         super().kill()
+        # pynetdicom's kill returns once the DUL thread has ended. A
+        # RunningDUL's loop is pynetdicom's, which cannot close the
+        # wake-up sockets as it ends; they are closed here.
+        if isinstance(self.dul, RunningDUL) and not self.dul.is_alive():
+            self.dul.close_wake()
 
     def _fast_loop(self) -> fastpath.DataTransferLoop:
         with self._fast_lock:
