@@ -74,9 +74,9 @@ P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
 
 _PDU_HEADER = struct.Struct(">BBI")
 _PDV_HEADER = struct.Struct(">IBB")
-_ELEMENT = struct.Struct("<HHI")
-_US = struct.Struct("<H")
-_UL = struct.Struct("<I")
+ELEMENT_HEADER = struct.Struct("<HHI")
+US_VALUE = struct.Struct("<H")
+UL_VALUE = struct.Struct("<I")
 
 # Message control header bits of a PDV (PS3.8 E.2).
 COMMAND = 0x01
@@ -234,12 +234,12 @@ def decode_command(raw: bytes | bytearray | memoryview) -> Command:
     values: dict[int, memoryview] = {}
     offset, end = 0, len(view)
     while offset < end:
-        if end - offset < _ELEMENT.size:
+        if end - offset < ELEMENT_HEADER.size:
             raise ProtocolError(
                 f"the command set ends inside an element header at byte "
                 f"{offset} of {end}")
-        group, element, length = _ELEMENT.unpack_from(view, offset)
-        start = offset + _ELEMENT.size
+        group, element, length = ELEMENT_HEADER.unpack_from(view, offset)
+        start = offset + ELEMENT_HEADER.size
         if length > end - start:
             raise ProtocolError(
                 f"command element ({group:04X},{element:04X}) at byte "
@@ -279,11 +279,11 @@ def _unsigned(values: dict[int, memoryview], element: int) -> int | None:
     value = values.get(element)
     if value is None:
         return None
-    if len(value) != _US.size:
+    if len(value) != US_VALUE.size:
         raise ProtocolError(
             f"command element (0000,{element:04X}) is US but {len(value)} "
             f"bytes long")
-    return int(_US.unpack(value)[0])
+    return int(US_VALUE.unpack(value)[0])
 
 
 def _text(values: dict[int, memoryview], element: int) -> str | None:
@@ -307,9 +307,9 @@ def encode_command(elements: list[tuple[int, str, Any]]) -> bytes:
 
 def _encode_element(element: int, vr: str, value: Any) -> bytes:
     if vr == "US":
-        raw = _US.pack(value)
+        raw = US_VALUE.pack(value)
     elif vr == "UL":
-        raw = _UL.pack(value)
+        raw = UL_VALUE.pack(value)
     elif vr == "AT":
         raw = b"".join(struct.pack("<HH", tag >> 16, tag & 0xFFFF)
                        for tag in value)
@@ -317,7 +317,7 @@ def _encode_element(element: int, vr: str, value: Any) -> bytes:
         raw = value.encode("ascii")
         if len(raw) % 2:
             raw += b"\0" if vr == "UI" else b" "
-    return _ELEMENT.pack(0x0000, element, len(raw)) + raw
+    return ELEMENT_HEADER.pack(0x0000, element, len(raw)) + raw
 
 
 def _status_fields(status: Any) -> tuple[int, str | None, list[int] | None]:

@@ -52,9 +52,11 @@ from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.sop_class import uid_to_service_class
 
-from pacsstore.net.fastpath import (COMMAND, DATA_SET_PRESENT, LAST_FRAGMENT,
-                                    NO_DATA_SET, P_DATA_TF, encode_command,
-                                    only_handlers, plain_tcp_quietly)
+from pacsstore.net.fastpath import (COMMAND, DATA_SET_PRESENT,
+                                    ELEMENT_HEADER, LAST_FRAGMENT,
+                                    NO_DATA_SET, P_DATA_TF, UL_VALUE,
+                                    US_VALUE, encode_command, only_handlers,
+                                    plain_tcp_quietly)
 
 # pynetdicom's logging handlers log under this name.
 _handlers_log = logging.getLogger("pynetdicom._handlers")
@@ -285,9 +287,6 @@ _PLAIN_RESPONSE_ELEMENTS = frozenset(
     (0x0000, 0x0002, 0x0100, 0x0120, 0x0800, 0x0900, 0x1000))
 _REQUIRED_RESPONSE_ELEMENTS = frozenset((0x0000, 0x0100, 0x0120, 0x0800,
                                          0x0900))
-_ELEMENT = struct.Struct("<HHI")
-_US = struct.Struct("<H")
-_UL = struct.Struct("<I")
 
 
 def plain_store_response(context_id: int, command: memoryview
@@ -305,7 +304,7 @@ def plain_store_response(context_id: int, command: memoryview
                             (0x0800, 2), (0x0900, 2)):
         if len(values[element]) != length:
             return None
-        numbers[element] = (_UL if length == 4 else _US).unpack(
+        numbers[element] = (UL_VALUE if length == 4 else US_VALUE).unpack(
             values[element])[0]
     if numbers[0x0000] != len(command) - 12 \
             or numbers[0x0100] != C_STORE_RSP \
@@ -335,10 +334,10 @@ def _elements(command: memoryview) -> dict[int, memoryview] | None:
     values: dict[int, memoryview] = {}
     at, last = 0, -1
     while at < len(command):
-        if at + _ELEMENT.size > len(command):
+        if at + ELEMENT_HEADER.size > len(command):
             return None
-        group, element, length = _ELEMENT.unpack_from(command, at)
-        at += _ELEMENT.size
+        group, element, length = ELEMENT_HEADER.unpack_from(command, at)
+        at += ELEMENT_HEADER.size
         if group != 0 or element <= last \
                 or element not in _PLAIN_RESPONSE_ELEMENTS \
                 or at + length > len(command):
