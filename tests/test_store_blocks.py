@@ -11,7 +11,7 @@ import zstandard
 
 from pacsstore import CorruptStoreError, NewerFormatError, NotAStoreError
 from pacsstore._assemble import FileAssembly
-from pacsstore.store import blocks, record_dictionary, segments
+from pacsstore.store import blocks, record_dictionary, segments, zstd_frames
 from pacsstore.store.blocks import Codec, Kind
 from pacsstore.store.segments import SegmentReader, SegmentWriter
 from test_store_support import EMRI_10_FRAMES, corpus_bytes
@@ -198,3 +198,61 @@ def test_segment_missing_committed_bytes_is_corruption(tmp_path):
     os.truncate(segments.segment_path(tmp_path, 1), 40)
     with pytest.raises(CorruptStoreError, match="committed"):
         SegmentWriter(tmp_path, committed)
+
+
+def _together_cases() -> list[blocks.Unencoded]:
+    """One of each path encode_together takes: frames for the planes16
+    filter, plain zstd (frames, a header), raw (noise), manifests, and an
+    empty content, which zstandard's batch call refuses."""
+    frames = corpus_bytes(EMRI_10_FRAMES)[-3 * 8192:]
+    contents = [
+        (Kind.FRAME, frames[:8192], 2),
+        (Kind.FRAME, frames[8192:16384], 1),
+        (Kind.HEADER, corpus_bytes(EMRI_10_FRAMES)[:4096], 1),
+        (Kind.FRAME, os.urandom(4096), 1),
+        (Kind.MANIFEST, b'{"v":1,"sop_instance_uid":"1.2.3","size":10}', 1),
+        (Kind.FRAME, b"", 1),
+        (Kind.MANIFEST, b'{"v":1,"sop_instance_uid":"1.2.4","size":12}', 1),
+        (Kind.FRAME, frames[16384:], 2),
+    ]
+    return [blocks.Unencoded(kind, blocks.digest(content), content, sample)
+            for kind, content, sample in contents]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocks_encoded_together_are_the_blocks_encode_makes(threads):
+    cases = _together_cases()
+    together = blocks.encode_together(cases, compressor=COMPRESSOR,
+                                      threads=threads)
+    alone = [blocks.encode(c.kind, c.content, compressor=COMPRESSOR,
+                           sample_bytes=c.sample_bytes) for c in cases]
+    assert [b.codec for b in together] == [
+        Codec.PLANES16_ZSTD_PER_PLANE, Codec.ZSTD, Codec.ZSTD, Codec.RAW,
+        Codec.ZSTD_RECORD, Codec.RAW, Codec.ZSTD_RECORD,
+        Codec.PLANES16_ZSTD_PER_PLANE]
+    assert [(b.header, b.payload) for b in together] == \
+        [(b.header, b.payload) for b in alone]
+
+
+class _OneByOne:
+    """A compressor without zstandard's batch call, as its cffi backend
+    is."""
+
+    def __init__(self, missing: type[Exception] | None) -> None:
+        self.missing = missing
+
+    def compress(self, content) -> bytes:
+        return COMPRESSOR.compress(content)
+
+    def multi_compress_to_buffer(self, contents, threads):
+        raise self.missing("not in this backend")
+
+
+@pytest.mark.parametrize("missing", [AttributeError, NotImplementedError])
+def test_frames_made_together_without_the_batch_call_are_the_same(missing):
+    contents = [c.content for c in _together_cases()]
+    assert zstd_frames.compress_together(
+        _OneByOne(missing), contents, threads=1) == \
+        [COMPRESSOR.compress(c) for c in contents]
+    assert zstd_frames.compress_together(COMPRESSOR, contents, 1) == \
+        [COMPRESSOR.compress(c) for c in contents]

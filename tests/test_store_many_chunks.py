@@ -13,7 +13,8 @@ from pydicom.dataset import Dataset
 
 from pacsstore import Archive, MalformedDicomError, NotStorableError
 from pacsstore.store import archive as archive_module
-from pacsstore.synthetic import structured_reports
+from pacsstore.store import commit, prepare
+from pacsstore.synthetic import ct_series, structured_reports
 
 
 def _encoded(ds: Dataset) -> bytes:
@@ -58,6 +59,78 @@ def test_small_items_are_committed_a_chunk_per_batch(tmp_path):
         assert batches == 2
         for data, result in zip(items, results):
             assert archive.get(result.sop_instance_uid) == data
+
+
+def test_a_chunk_is_coded_while_the_one_before_commits(tmp_path,
+                                                      monkeypatch):
+    """Each chunk's compression (Preparer.code_together) runs once the
+    chunk before it is with the committer, and before that one is
+    waited for; the first has none before it."""
+    handed_on: list[int] = []
+    settled: list[int] = []
+    seen: list[tuple[int, int, int]] = []
+    submit_all = commit.Committer.submit_all
+    code_together = prepare.Preparer.code_together
+
+    def submitting(self, items, **kwargs):
+        futures = submit_all(self, items, **kwargs)
+        handed_on.append(len(items))
+        for future in futures:
+            future.add_done_callback(lambda _: settled.append(1))
+        return futures
+
+    def coding(self, items):
+        seen.append((len(items), sum(handed_on), len(settled)))
+        return code_together(self, items)
+
+    monkeypatch.setattr(commit.Committer, "submit_all", submitting)
+    monkeypatch.setattr(prepare.Preparer, "code_together", coding)
+    chunk = archive_module.SMALL_CHUNK_ITEMS
+    items = _reports(2 * chunk + 10, seed=21)
+    with Archive(tmp_path / "s") as archive:
+        results = archive.store_many(items)
+        assert [r.status for r in results] == ["stored"] * len(items)
+        assert [archive.get(r.sop_instance_uid) for r in results] == items
+    # (chunk size, items handed on before, of which settled): the first
+    # chunk is coded with nothing handed on, each later one after the
+    # chunk before it went to the committer, and never after the chunk
+    # before that one is still unsettled.
+    assert [(size, before) for size, before, _ in seen] == \
+        [(chunk, 0), (chunk, chunk), (10, 2 * chunk)]
+    assert [done >= before - chunk for _, before, done in seen] == \
+        [True] * 3
+
+
+def test_a_frame_two_items_of_a_chunk_lack_is_stored_once(tmp_path):
+    """Instances with a frame in common, in one chunk and in the next:
+    the frame is written once, and each instance reads back whole."""
+    chunk = archive_module.SMALL_CHUNK_ITEMS
+    slices = list(ct_series(3, seed=22, rows=64, columns=64))
+    for copy in slices[1:]:
+        copy.PixelData = slices[0].PixelData
+    first, same_chunk, next_chunk = map(_encoded, slices)
+    fillers = _reports(chunk - 2, seed=23)
+    items = [first, same_chunk, *fillers, next_chunk]
+    with Archive(tmp_path / "s") as archive:
+        results = archive.store_many(items)
+        assert archive._committer.batches == 2
+        assert [archive.get(r.sop_instance_uid) for r in results] == items
+        frame = len(slices[0].PixelData)
+        assert results[0].bytes_deduplicated == 0
+        assert results[1].bytes_deduplicated == frame
+        assert results[-1].bytes_deduplicated == frame
+        # A header block for each item, and the one frame.
+        assert archive.stats().blocks == len(items) + 1
+
+
+def test_the_committer_refuses_an_instance_never_coded(tmp_path):
+    with Archive(tmp_path / "s") as archive:
+        uncoded = archive._prepare(_reports(1, seed=24)[0], code=False)
+        with pytest.raises(ValueError, match="never coded"):
+            archive._committer.submit(uncoded)
+        archive._preparer.code_together([uncoded])
+        assert archive._committer.submit(uncoded).result().status == \
+            "stored"
 
 
 def test_small_files_by_path_take_the_same_chunks(tmp_path):

@@ -378,15 +378,19 @@ class Archive:
                 f"readonly=True to store")
         return self._committer
 
-    def _prepare(self, data: StoreInput, *, alone: bool = False) -> Prepared:
+    def _prepare(self, data: StoreInput, *, alone: bool = False,
+                 code: bool = True) -> Prepared:
         """``alone``: the caller waits on this one instance, so its
-        whole-file digest is taken on another core (Preparer.prepare)."""
+        whole-file digest is taken on another core; ``code=False``: its
+        compression is left to Preparer.code_together (Preparer.prepare).
+        """
         if isinstance(data, (str, os.PathLike)):
-            return self._prepare_file(data, alone=alone)
-        return self._preparer.prepare(_as_bytes(data), digest_aside=alone)
+            return self._prepare_file(data, alone=alone, code=code)
+        return self._preparer.prepare(_as_bytes(data), digest_aside=alone,
+                                      code=code)
 
     def _prepare_file(self, path: str | os.PathLike, *,
-                      alone: bool = False) -> Prepared:
+                      alone: bool = False, code: bool = True) -> Prepared:
         """A file: read whole when small, streamed when large (its frames
         read and written a chunk at a time, into segments of its own)."""
         name = os.fspath(path)
@@ -405,7 +409,7 @@ class Archive:
                 plan = self._preparer.plan_stream(fd, name)
             if plan is None:
                 return self._preparer.prepare(_read_file(fd, name),
-                                              digest_aside=alone)
+                                              digest_aside=alone, code=code)
             committer = self._writer()
             stream = committer.open_stream()
             try:
@@ -623,8 +627,14 @@ class _Pipeline:
     other threads they only interleave, and each LMDB call of the
     committer (py-lmdb releases the GIL around every get and put) hands
     the GIL to a preparer and waits to get it back. Small items are
-    therefore prepared here, ``SMALL_CHUNK_ITEMS`` at a time, and each
-    chunk is committed, as one batch, before the next is prepared.
+    therefore prepared here, ``SMALL_CHUNK_ITEMS`` at a time, all but
+    their compression; the Python of a chunk never runs beside the
+    committer's. The chunk's compression, two calls that hold no GIL
+    (Preparer.code_together), is what runs while the chunk before it
+    commits:
+
+        here:       prepare 2 | code 2 | wait    | prepare 3 | code 3 |
+        committer:            | commit 1         |           | commit 2 |
 
     Items still reach the committer in the order of the iterable, which
     is what makes the re-send policy's "first" and "last" mean the
@@ -640,9 +650,11 @@ class _Pipeline:
         self.preparing: collections.deque[tuple[int, Future[Prepared]]] = \
             collections.deque()
         # Small items prepared here and not yet handed on: (position,
-        # prepared), in order, all later than everything in preparing.
+        # prepared), in order, all later than everything in preparing;
+        # those held are coded, those unencoded later still.
         self.held: list[tuple[int, Prepared]] = []
-        self.held_bytes = 0
+        self.unencoded: list[tuple[int, Prepared]] = []
+        self.unencoded_bytes = 0
         self.inflight: collections.deque[tuple[int, Future, int]] = \
             collections.deque()
         self.inflight_bytes = 0
@@ -656,7 +668,7 @@ class _Pipeline:
                     if self._is_small(item):
                         self._prepare_here(position, item)
                         continue
-                    self._hand_on_held()
+                    self._hand_on_small()
                     self._prepare_on(pool, position, item)
                     while len(self.preparing) > READ_AHEAD:
                         self._forward_oldest()
@@ -687,10 +699,11 @@ class _Pipeline:
             future.cancel()
             future.add_done_callback(self._abandon_unsent)
         self.preparing.clear()
-        for _position, prepared in self.held:
+        for _position, prepared in (*self.held, *self.unencoded):
             if prepared.stream is not None:  # a file that grew
                 self.committer.abandon(prepared.stream)
         self.held.clear()
+        self.unencoded.clear()
 
     def _read(self, items: Iterable[StoreInput]
               ) -> Iterator[tuple[int, StoreInput]]:
@@ -729,7 +742,7 @@ class _Pipeline:
     def _hand_on_read(self) -> None:
         """Hand on every item read so far, in order."""
         self._forward_all()
-        self._hand_on_held()
+        self._hand_on_small()
 
     def _is_small(self, item: StoreInput) -> bool:
         size = _size_of(item)
@@ -739,24 +752,38 @@ class _Pipeline:
         # While large items before it are still being prepared, read no
         # further ahead of them than the pool path does: one of them may
         # be bad, and raising should not wait for a whole chunk.
-        while self.preparing and \
-                len(self.preparing) + len(self.held) >= READ_AHEAD:
+        while self.preparing and len(self.preparing) + len(self.held) \
+                + len(self.unencoded) >= READ_AHEAD:
             self._forward_oldest()
         try:
-            prepared = self.archive._prepare(item)
+            prepared = self.archive._prepare(item, code=False)
         except _ITEM_ERRORS as exc:
             # Everything before the bad item is handed on first, so that
             # raising leaves it durable.
             self._hand_on_read()
             self._reject(position, exc, None)
             return
-        self.held.append((position, prepared))
-        self.held_bytes += prepared.held_bytes
-        if len(self.held) >= SMALL_CHUNK_ITEMS or \
-                self.held_bytes >= SMALL_CHUNK_BYTES:
+        self.unencoded.append((position, prepared))
+        self.unencoded_bytes += prepared.held_bytes
+        if len(self.unencoded) >= SMALL_CHUNK_ITEMS or \
+                self.unencoded_bytes >= SMALL_CHUNK_BYTES:
             self._hand_on_held()
-            while self.inflight:  # the chunk commits before the next
+            self._code_unencoded()
+            while self.inflight:  # commits before the next is prepared
                 self._settle_oldest()
+
+    def _hand_on_small(self) -> None:
+        """Hand on every small item prepared here, coded first."""
+        self._hand_on_held()
+        self._code_unencoded()
+        self._hand_on_held()
+
+    def _code_unencoded(self) -> None:
+        """Code the small items prepared since the last chunk; they are
+        held next."""
+        chunk, self.unencoded, self.unencoded_bytes = self.unencoded, [], 0
+        self.held.extend(chunk)  # held even if coding fails, for _stop
+        self.archive._preparer.code_together([p for _, p in chunk])
 
     def _hand_on_held(self) -> None:
         """Hand the held small items to the committer in one piece,
@@ -764,7 +791,7 @@ class _Pipeline:
         if not self.held:
             return
         self._forward_all()
-        held, self.held, self.held_bytes = self.held, [], 0
+        held, self.held = self.held, []
         futures = self.committer.submit_all([p for _, p in held])
         for (position, prepared), future in zip(held, futures):
             self.inflight.append((position, future, prepared.held_bytes))

@@ -190,6 +190,56 @@ def code(kind: Kind, content: bytes | memoryview, *,
             f"{sample_bytes!r}")
     codec, packed = _compress(kind, content, compressor, sample_bytes,
                               planes_encoder)
+    return _kept(codec, packed, content)
+
+
+@dataclass(frozen=True)
+class Unencoded:
+    """A block for encode_together: what encode() takes for it."""
+
+    kind: Kind
+    name: bytes
+    content: Buffer
+    sample_bytes: int = 1
+
+
+def encode_together(unencoded: list[Unencoded], *,
+                    compressor: zstandard.ZstdCompressor, threads: int,
+                    planes_encoder: PlanesEncoder | None = None
+                    ) -> list[EncodedBlock]:
+    """``encode`` of each block, with those that take plain zstd
+    compressed in one call and the manifests in another, each call
+    holding the GIL for none of its blocks and using up to ``threads``
+    threads of zstandard's own (zstd_frames.compress_together).
+
+    One call rather than one per block matters when another thread holds
+    the GIL meanwhile (store_many's committer): each return into Python
+    waits for the GIL. Filtered frames are compressed one by one (their
+    encoder releases the GIL for each)."""
+    coded: dict[int, Coded] = {}
+    plain: list[int] = []
+    manifests: list[int] = []
+    for i, block in enumerate(unencoded):
+        if _filtered(block.kind, block.content, block.sample_bytes):
+            coded[i] = code(block.kind, block.content, compressor=compressor,
+                            sample_bytes=block.sample_bytes,
+                            planes_encoder=planes_encoder)
+        else:
+            (manifests if block.kind is Kind.MANIFEST else plain).append(i)
+    for codec, positions, packed in (
+            (Codec.ZSTD, plain, zstd_frames.compress_together(
+                compressor, [unencoded[i].content for i in plain], threads)),
+            (Codec.ZSTD_RECORD, manifests, record_dictionary.compress_together(
+                [unencoded[i].content for i in manifests], threads))):
+        for i, payload in zip(positions, packed):
+            coded[i] = _kept(codec, payload, unencoded[i].content)
+    return [seal(block.kind, block.name, len(block.content), coded[i])
+            for i, block in enumerate(unencoded)]
+
+
+def _kept(codec: Codec, packed: bytes, content: Buffer) -> Coded:
+    """The payload to store: ``packed`` when it saves enough, else the
+    content itself."""
     if len(packed) <= len(content) * (1 - _MIN_SAVING):
         return Coded(codec, packed)
     return Coded(Codec.RAW, bytes(content))
@@ -211,14 +261,19 @@ def _compress(kind: Kind, content: bytes | memoryview,
               compressor: zstandard.ZstdCompressor, sample_bytes: int,
               planes_encoder: PlanesEncoder | None
               ) -> tuple[Codec, bytes]:
-    filtered = (sample_bytes == 2 and kind is Kind.FRAME
-                and len(content) >= 2 and len(content) % 2 == 0)
-    if filtered:
+    if _filtered(kind, content, sample_bytes):
         encoder = planes_encoder or _default_planes_encoder()
         return Codec.PLANES16_ZSTD_PER_PLANE, encoder.encode(content)
     if kind is Kind.MANIFEST:
         return Codec.ZSTD_RECORD, record_dictionary.compress(content)
     return Codec.ZSTD, compressor.compress(content)
+
+
+def _filtered(kind: Kind, content: Buffer, sample_bytes: int) -> bool:
+    """Whether ``content`` goes through planes16: a frame of a whole,
+    non-zero number of 16-bit samples."""
+    return (sample_bytes == 2 and kind is Kind.FRAME
+            and len(content) >= 2 and len(content) % 2 == 0)
 
 
 # Archive's compression_level unless told, and the level of the planes

@@ -176,6 +176,10 @@ class Committer:
         """Queue ``items`` in order and at once: an idle committer takes
         them as one batch (one commit, one set of syncs). ``announced``:
         they are the instance an ``announce`` was for."""
+        for prepared in items:
+            if prepared.unencoded is not None:
+                raise ValueError(f"instance {prepared.uid} was prepared "
+                                 f"with code=False and never coded")
         jobs = [_Job(prepared) for prepared in items]
         with self._cond:
             if announced:

@@ -96,6 +96,9 @@ class Prepared:
     # than in the committer, which every instance waits on in turn.
     encoded_record: bytes = b""
     manifest: EncodedBlock | None = None
+    # Left by prepare(code=False) for Preparer.code_together: the blocks
+    # to encode, and the record still to encode with its manifest.
+    unencoded: list[blocks.Unencoded] | None = None
 
     @property
     def size(self) -> int:
@@ -124,6 +127,9 @@ class Prepared:
 # keeps every core busy on its own and digests in place, before it
 # compresses only what the index lacks.
 DIGEST_ASIDE_BYTES = 256 << 10
+# Threads of zstandard's own that code_together compresses on. One: it
+# runs while the committer's thread takes the other core.
+TOGETHER_THREADS = 1
 # The record's digest while it is being taken aside.
 _PENDING = "pending"
 
@@ -212,9 +218,11 @@ class Preparer:
     def prepare(self, buffer: bytes | memoryview, *,
                 source_ae: str | None = None,
                 refuse_truncated: bool = False,
-                digest_aside: bool = False) -> Prepared:
+                digest_aside: bool = False,
+                code: bool = True) -> Prepared:
         """``digest_aside`` is for a caller that waits on this one
-        instance (see DIGEST_ASIDE_BYTES)."""
+        instance (see DIGEST_ASIDE_BYTES). ``code=False`` stops short of
+        compressing: code_together finishes many such instances at once."""
         buffer = _byte_view(buffer)
         header = parsing.read_header(buffer)
         result, attributes = header.result, dict(header.attributes)
@@ -227,7 +235,7 @@ class Preparer:
         deflated = result.transfer_syntax == DEFLATED
         parts = layout.split(buffer, result.pixel, deflated)
         aside = None
-        if digest_aside and len(buffer) >= DIGEST_ASIDE_BYTES:
+        if digest_aside and code and len(buffer) >= DIGEST_ASIDE_BYTES:
             aside = self._names_aside(buffer, parts)
         make_record = functools.partial(_record, buffer, result, attributes,
                                         parts, source_ae)
@@ -240,8 +248,51 @@ class Preparer:
         prepared.record["content_sha256"] = _content_digest(
             parts, prepared.digests[1:], result.transfer_syntax,
             result.dataset_offset)
+        if not code:
+            return self._left_unencoded(prepared, parts)
         self._compress_missing(prepared, parts, coded)
         return self._with_manifest(prepared)
+
+    def _left_unencoded(self, prepared: Prepared,
+                        parts: layout.Split) -> Prepared:
+        contents = [parts.header, *parts.blocks]
+        sample_bytes = _sample_bytes(prepared.record)
+        prepared.unencoded = [
+            blocks.Unencoded(prepared.kinds[i], prepared.digests[i],
+                             contents[i], sample_bytes)
+            for i in self._missing(prepared)]
+        return prepared
+
+    def code_together(self, items: list[Prepared]) -> None:
+        """Finish what prepare(code=False) left of ``items``: compress
+        the blocks each lacked (a block several of them lack, once), and
+        encode each record and its manifest block.
+
+        The compression takes two calls for all of them (frames for the
+        planes16 filter aside, one call each), neither holding the GIL
+        (blocks.encode_together), so that another thread's Python
+        (store_many's committer, committing the chunk before) runs all
+        the while."""
+        items = [p for p in items if p.unencoded is not None]
+        wanted: dict[bytes, blocks.Unencoded] = {}
+        for prepared in items:
+            for block in prepared.unencoded or ():
+                wanted.setdefault(block.name, block)
+        manifests = []
+        for prepared in items:
+            prepared.encoded_record = _record_bytes(prepared)
+            manifests.append(blocks.Unencoded(
+                Kind.MANIFEST, blocks.digest(prepared.encoded_record),
+                prepared.encoded_record))
+        encoded = blocks.encode_together(
+            [*wanted.values(), *manifests], compressor=self._compressor(),
+            threads=TOGETHER_THREADS, planes_encoder=self._planes_encoder())
+        by_name = dict(zip(wanted, encoded))
+        for prepared, manifest in zip(items, encoded[len(wanted):]):
+            prepared.encoded = {block.name: by_name[block.name]
+                                for block in prepared.unencoded or ()}
+            prepared.manifest = manifest
+            prepared.unencoded = None
 
     def _named_while_coding(self, uid: str,
                             make_record: Callable[..., dict[str, Any]],
@@ -257,10 +308,7 @@ class Preparer:
 
     def _with_manifest(self, prepared: Prepared) -> Prepared:
         """Encode the finished record, and its manifest block."""
-        if "manifest" in prepared.record:
-            raise ValueError("a prepared record has no manifest position "
-                             "yet; the committer gives it one")
-        prepared.encoded_record = dumps(prepared.record)
+        prepared.encoded_record = _record_bytes(prepared)
         prepared.manifest = blocks.encode(
             Kind.MANIFEST, prepared.encoded_record,
             compressor=self._compressor())
@@ -287,9 +335,7 @@ class Preparer:
         sealed from ``coded`` when the caller coded them already, else
         compressed now."""
         contents = [parts.header, *parts.blocks]
-        with self._index.read() as txn:
-            missing = [i for i, d in enumerate(prepared.digests)
-                       if self._index.block(txn, d) is None]
+        missing = self._missing(prepared)
         compressor = self._compressor()
         planes = self._planes_encoder()
         sample_bytes = _sample_bytes(prepared.record)
@@ -305,6 +351,12 @@ class Preparer:
             else:
                 block = blocks.seal(kind, name, len(contents[i]), coded[i])
             prepared.encoded[name] = block
+
+    def _missing(self, prepared: Prepared) -> list[int]:
+        """Where in ``prepared.digests`` the blocks the index lacks are."""
+        with self._index.read() as txn:
+            return [i for i, d in enumerate(prepared.digests)
+                    if self._index.block(txn, d) is None]
 
     def plan_stream(self, fd: int, name: str) -> StreamPlan | None:
         """Parse a large file through a read-only mapping, which brings
@@ -375,6 +427,14 @@ class Preparer:
             placed[block.digest] = PlacedBlock(
                 block.digest, block.kind, block.codec, block.raw_length,
                 len(block.payload), file, offset)
+
+
+def _record_bytes(prepared: Prepared) -> bytes:
+    """The finished record, encoded."""
+    if "manifest" in prepared.record:
+        raise ValueError("a prepared record has no manifest position "
+                         "yet; the committer gives it one")
+    return dumps(prepared.record)
 
 
 def _sample_bytes(record: dict[str, Any]) -> int:

@@ -7,6 +7,9 @@ frame more than a store may: it allocates the content size a frame
 states whatever the limit it is given, allocates the whole limit for a
 frame that states none, and ignores bytes after the frame. Each of
 those is refused here, before anything is allocated for it.
+
+Frames are written here too when many are made at once
+(``compress_together``).
 """
 
 from __future__ import annotations
@@ -17,6 +20,29 @@ import zstandard
 # 128 KiB at most. A frame stating more than this many times its own
 # length is damaged.
 MAX_EXPANSION = (128 << 10) // 4
+
+
+def compress_together(compressor: zstandard.ZstdCompressor,
+                      contents: list[bytes | bytearray | memoryview],
+                      threads: int) -> list[bytes]:
+    """``compressor.compress`` of each of ``contents``, the same frames,
+    made in one call that releases the GIL for all of them, on up to
+    ``threads`` threads. zstandard's cffi backend has no such call and
+    its C backend refuses an empty content in it: those are compressed
+    one by one."""
+    batch = [i for i, content in enumerate(contents) if len(content)]
+    frames: list[bytes | None] = [None] * len(contents)
+    if len(batch) > 1:
+        try:
+            made = compressor.multi_compress_to_buffer(
+                [contents[i] for i in batch], threads=threads)
+        except (AttributeError, NotImplementedError):
+            pass
+        else:
+            for position, i in enumerate(batch):
+                frames[i] = made[position].tobytes()
+    return [compressor.compress(content) if frame is None else frame
+            for frame, content in zip(frames, contents)]
 
 
 class FrameDamage(ValueError):
