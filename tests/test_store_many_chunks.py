@@ -13,7 +13,8 @@ from pydicom.dataset import Dataset
 
 from pacsstore import Archive, MalformedDicomError, NotStorableError
 from pacsstore.store import archive as archive_module
-from pacsstore.store import commit, prepare
+from pacsstore.store import blocks, commit, prepare
+from pacsstore.store.blocks import Kind
 from pacsstore.synthetic import ct_series, structured_reports
 
 
@@ -121,6 +122,28 @@ def test_a_frame_two_items_of_a_chunk_lack_is_stored_once(tmp_path):
         assert results[-1].bytes_deduplicated == frame
         # A header block for each item, and the one frame.
         assert archive.stats().blocks == len(items) + 1
+
+
+def test_a_frame_the_index_has_is_not_compressed_again(tmp_path,
+                                                       monkeypatch):
+    stored, again = ct_series(2, seed=25, rows=64, columns=64)
+    again.PixelData = stored.PixelData
+    coded: list[list] = []
+    encode_together = blocks.encode_together
+
+    def encoding(unencoded, **kwargs):
+        coded.append([(block.kind, block.name) for block in unencoded])
+        return encode_together(unencoded, **kwargs)
+
+    monkeypatch.setattr(blocks, "encode_together", encoding)
+    with Archive(tmp_path / "s") as archive:
+        archive.store(_encoded(stored))
+        result, = archive.store_many([_encoded(again)])
+        assert result.bytes_deduplicated == len(stored.PixelData)
+        assert archive.get(result.sop_instance_uid) == _encoded(again)
+    frame = blocks.digest(stored.PixelData)
+    assert [kind for kind, _ in coded[0]] == [Kind.HEADER, Kind.MANIFEST]
+    assert frame not in {name for _, name in coded[0]}
 
 
 def test_the_committer_refuses_an_instance_never_coded(tmp_path):

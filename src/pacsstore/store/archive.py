@@ -767,23 +767,27 @@ class _Pipeline:
         self.unencoded_bytes += prepared.held_bytes
         if len(self.unencoded) >= SMALL_CHUNK_ITEMS or \
                 self.unencoded_bytes >= SMALL_CHUNK_BYTES:
-            self._hand_on_held()
             self._code_unencoded()
             while self.inflight:  # commits before the next is prepared
                 self._settle_oldest()
 
     def _hand_on_small(self) -> None:
         """Hand on every small item prepared here, coded first."""
-        self._hand_on_held()
         self._code_unencoded()
         self._hand_on_held()
 
     def _code_unencoded(self) -> None:
-        """Code the small items prepared since the last chunk; they are
-        held next."""
+        """Code the small items prepared since the last chunk, while the
+        chunk held before them goes to the committer; they are held
+        next. The index is read for the new chunk before the committer
+        is given work: read beside the committer's Python, each lookup
+        would wait for the GIL."""
         chunk, self.unencoded, self.unencoded_bytes = self.unencoded, [], 0
+        items = [p for _, p in chunk]
+        self.archive._preparer.drop_present(items)
+        self._hand_on_held()
         self.held.extend(chunk)  # held even if coding fails, for _stop
-        self.archive._preparer.code_together([p for _, p in chunk])
+        self.archive._preparer.code_together(items)
 
     def _hand_on_held(self) -> None:
         """Hand the held small items to the committer in one piece,

@@ -255,18 +255,33 @@ class Preparer:
 
     def _left_unencoded(self, prepared: Prepared,
                         parts: layout.Split) -> Prepared:
+        """Every block is left to code; drop_present tells which the
+        index has, for many instances in one transaction."""
         contents = [parts.header, *parts.blocks]
         sample_bytes = _sample_bytes(prepared.record)
         prepared.unencoded = [
-            blocks.Unencoded(prepared.kinds[i], prepared.digests[i],
-                             contents[i], sample_bytes)
-            for i in self._missing(prepared)]
+            blocks.Unencoded(kind, name, content, sample_bytes)
+            for kind, name, content in zip(prepared.kinds, prepared.digests,
+                                           contents)]
         return prepared
+
+    def drop_present(self, items: list[Prepared]) -> None:
+        """Leave to code only the blocks the index lacks, of instances
+        prepared with code=False, looked up in one read transaction. Not
+        needed for correctness (the committer stores a block once
+        whatever it is given), only to spare compressing a block again.
+        """
+        with self._index.read() as txn:
+            for prepared in items:
+                if prepared.unencoded is not None:
+                    prepared.unencoded = [
+                        block for block in prepared.unencoded
+                        if self._index.block(txn, block.name) is None]
 
     def code_together(self, items: list[Prepared]) -> None:
         """Finish what prepare(code=False) left of ``items``: compress
-        the blocks each lacked (a block several of them lack, once), and
-        encode each record and its manifest block.
+        the blocks left to code (a block several of them have, once),
+        and encode each record and its manifest block.
 
         The compression takes two calls for all of them (frames for the
         planes16 filter aside, one call each), neither holding the GIL
