@@ -6,12 +6,14 @@ it is durable."""
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
 from pydicom.dataset import Dataset
 
-from pacsstore import Archive, MalformedDicomError, NotStorableError
+from pacsstore import (Archive, ConflictError, MalformedDicomError,
+                       NotStorableError)
 from pacsstore.store import archive as archive_module
 from pacsstore.store import blocks, commit, prepare
 from pacsstore.store.blocks import Kind
@@ -107,8 +109,8 @@ def test_a_frame_two_items_of_a_chunk_lack_is_stored_once(tmp_path):
     the frame is written once, and each instance reads back whole."""
     chunk = archive_module.SMALL_CHUNK_ITEMS
     slices = list(ct_series(3, seed=22, rows=64, columns=64))
-    for copy in slices[1:]:
-        copy.PixelData = slices[0].PixelData
+    for later in slices[1:]:
+        later.PixelData = slices[0].PixelData
     first, same_chunk, next_chunk = map(_encoded, slices)
     fillers = _reports(chunk - 2, seed=23)
     items = [first, same_chunk, *fillers, next_chunk]
@@ -154,6 +156,90 @@ def test_the_committer_refuses_an_instance_never_coded(tmp_path):
         archive._preparer.code_together([uncoded])
         assert archive._committer.submit(uncoded).result().status == \
             "stored"
+
+
+@pytest.mark.parametrize("ending", ["end", "bad item", "iterable fails"])
+def test_a_conflict_in_a_chunk_stores_nothing_of_the_next(tmp_path,
+                                                         ending):
+    """The chunk before a partial last chunk settles before that one is
+    handed on, however the input ends, as every chunk did when each
+    committed before the next was prepared."""
+    chunk = archive_module.SMALL_CHUNK_ITEMS
+    reports = list(structured_reports(chunk + 44, seed=26, min_bytes=2048,
+                                      max_bytes=4096))
+    items = [_encoded(ds) for ds in reports]
+    conflicting = copy.deepcopy(reports[10])
+    conflicting.PatientName = "Other^Name"
+
+    def iterate():
+        yield from items[:10]
+        yield _encoded(conflicting)
+        yield from items[11:]
+        if ending == "bad item":
+            yield b"DICM is not where a file starts"
+        elif ending == "iterable fails":
+            raise RuntimeError("the source of the items failed")
+
+    with Archive(tmp_path / "s") as archive:
+        archive.store(items[10])
+        with pytest.raises((ConflictError, RuntimeError)) as raised:
+            archive.store_many(iterate())
+        if ending == "iterable fails":
+            # The iterable's own error, with the conflict noted on it.
+            assert raised.type is RuntimeError
+            assert "ConflictError" in "".join(raised.value.__notes__)
+        else:
+            assert raised.type is ConflictError
+        later = [ds.SOPInstanceUID for ds in reports[chunk:]]
+        assert not [uid for uid in later if uid in archive]
+        assert archive.get(reports[10].SOPInstanceUID) == items[10]
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_a_conflict_before_a_bad_item_is_the_error_raised(tmp_path, large):
+    """A conflict is found only at commit, after later items were read:
+    when one of those is bad, the conflict is still the first bad item,
+    and is what raises, the later one noted on it. ``large``: the bad
+    item goes through the prepare pool (a path that cannot be read)."""
+    reports = list(structured_reports(12, seed=27, min_bytes=2048,
+                                      max_bytes=4096))
+    items = [_encoded(ds) for ds in reports]
+    conflicting = copy.deepcopy(reports[5])
+    conflicting.PatientName = "Other^Name"
+    bad = tmp_path / "missing.dcm" if large else b"not DICOM" * 20
+    with Archive(tmp_path / "s") as archive:
+        archive.store(items[5])
+        with pytest.raises(ConflictError) as raised:
+            archive.store_many([*items[:5], _encoded(conflicting),
+                                *items[6:10], bad, *items[11:]])
+        notes = raised.value.__notes__
+        assert len(notes) == 1 and notes[0].startswith(
+            "item 10 of the input (from 0) was not storable either: ")
+        assert archive.get(reports[5].SOPInstanceUID) == items[5]
+        assert archive.stats().instances == 10
+
+
+def test_items_handed_on_with_the_one_that_stopped_are_noted(tmp_path):
+    """Items handed to the committer before the iterable failed complete;
+    one that fails is noted on the iterable's error."""
+    reports = list(structured_reports(4, seed=29, min_bytes=2048,
+                                      max_bytes=4096))
+    items = [_encoded(ds) for ds in reports]
+    conflicting = copy.deepcopy(reports[2])
+    conflicting.PatientName = "Other^Name"
+
+    def iterate():
+        yield from items[:2]
+        yield _encoded(conflicting)
+        raise _Interrupt
+
+    with Archive(tmp_path / "s") as archive:
+        archive.store(items[2])
+        with pytest.raises(_Interrupt) as raised:
+            archive.store_many(iterate())
+        assert any("item 2 of the input" in note and "ConflictError" in note
+                   for note in raised.value.__notes__)
+        assert archive.stats().instances == 3
 
 
 def test_small_files_by_path_take_the_same_chunks(tmp_path):
@@ -282,6 +368,26 @@ def test_unreadable_paths_and_datasets_are_rejected_in_their_place(
         assert "Part 10" in results[2].error
         with pytest.raises(NotStorableError, match="null byte"):
             archive.store(str(tmp_path / "a\0b.dcm"))
+
+
+def test_a_dataset_with_a_value_pydicom_cannot_encode_is_rejected(
+        tmp_path):
+    """pydicom reports a US value out of range as an OSError, which must
+    not pass for a disk error (and drop the items read before it)."""
+    reports = list(structured_reports(4, seed=28))
+    unencodable = copy.deepcopy(reports[0])
+    unencodable.SOPInstanceUID = "1.2.3.4"
+    unencodable.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    with pytest.warns(UserWarning, match="between 0 and 65535"):
+        unencodable.add_new(0x00280010, "US", 70000)  # Rows
+    with Archive(tmp_path / "s") as archive:
+        results = archive.store_many([*reports[:2], unencodable,
+                                      *reports[2:]], skip_invalid=True)
+        assert [r.status for r in results] == \
+            ["stored", "stored", "rejected", "stored", "stored"]
+        assert "Part 10" in results[2].error
+        with pytest.raises(NotStorableError, match="65535"):
+            archive.store(unencodable)
 
 
 def _large_reports(count: int, seed: int) -> list[bytes]:

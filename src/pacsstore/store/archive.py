@@ -474,11 +474,14 @@ class Archive:
         With ``skip_invalid`` a bad item (malformed, not storable, or a
         conflict under ``reject``) gives a result with status "rejected"
         and ``error`` set, and the rest go on. Without it, the first bad
-        item raises, after every item before it is durable; items after
-        it that were already handed to the committer complete as well
-        (store them again to learn their results: a re-send is
-        idempotent), later ones are not read. When the iterable itself
-        raises, the items read before are stored, then it is raised.
+        item raises, after every item before it is durable (a conflict,
+        found at commit, raises in its place even when a later item was
+        found bad meanwhile); items after it that were already handed
+        to the committer complete as well (store them again to learn
+        their results: a re-send is idempotent), later ones are not
+        read. When the iterable itself raises, the items read before
+        are stored, then it is raised. Items handed on that fail are
+        noted on the error raised (``__notes__``).
         """
         return _Pipeline(self, skip_invalid).run(items)
 
@@ -673,12 +676,16 @@ class _Pipeline:
                     while len(self.preparing) > READ_AHEAD:
                         self._forward_oldest()
                 self._hand_on_read()
-            except BaseException:
+            except BaseException as stopped:
                 # What stopped the loop (a bad item, the iterable's own
                 # error, an interrupt) is what the caller gets; the items
-                # already handed on still complete, their errors unsaid.
+                # already handed on still complete, and those that fail
+                # are noted on it.
                 self._stop()
-                self._drain(quiet=True)
+                for position, failure in self._drain(quiet=True):
+                    stopped.add_note(f"item {position} of the input (from "
+                                     f"0) was not stored either: "
+                                     f"{failure!r}")
                 raise
             self._drain()
         return [r for r in self.results if r is not None]
@@ -728,7 +735,7 @@ class _Pipeline:
                 snapshot = _snapshot(item)
             except _ITEM_ERRORS as exc:
                 self._hand_on_read()
-                self._reject(position, exc, None)
+                self._reject_unsent(position, exc)
                 continue
             yield position, snapshot
 
@@ -761,15 +768,14 @@ class _Pipeline:
             # Everything before the bad item is handed on first, so that
             # raising leaves it durable.
             self._hand_on_read()
-            self._reject(position, exc, None)
+            self._reject_unsent(position, exc)
             return
         self.unencoded.append((position, prepared))
         self.unencoded_bytes += prepared.held_bytes
         if len(self.unencoded) >= SMALL_CHUNK_ITEMS or \
                 self.unencoded_bytes >= SMALL_CHUNK_BYTES:
             self._code_unencoded()
-            while self.inflight:  # commits before the next is prepared
-                self._settle_oldest()
+            self._settle_all()  # commits before the next is prepared
 
     def _hand_on_small(self) -> None:
         """Hand on every small item prepared here, coded first."""
@@ -785,9 +791,19 @@ class _Pipeline:
         chunk, self.unencoded, self.unencoded_bytes = self.unencoded, [], 0
         items = [p for _, p in chunk]
         self.archive._preparer.drop_present(items)
+        handing_on = bool(self.held)
         self._hand_on_held()
         self.held.extend(chunk)  # held even if coding fails, for _stop
         self.archive._preparer.code_together(items)
+        if handing_on:
+            # The chunk before settles before this one can be handed on:
+            # an item of it that fails (a conflict) stops store_many
+            # with nothing after that chunk stored.
+            self._settle_all()
+
+    def _settle_all(self) -> None:
+        while self.inflight:
+            self._settle_oldest()
 
     def _hand_on_held(self) -> None:
         """Hand the held small items to the committer in one piece,
@@ -826,7 +842,7 @@ class _Pipeline:
         try:
             prepared = preparing.result()
         except _ITEM_ERRORS as exc:
-            self._reject(position, exc, None)
+            self._reject_unsent(position, exc)
             return
         except BaseException:
             # Interrupted while it is still being prepared: its stream,
@@ -848,6 +864,20 @@ class _Pipeline:
         except _ITEM_ERRORS as exc:
             self._reject(position, exc, future)
 
+    def _reject_unsent(self, position: int, exc: Exception) -> None:
+        """A bad item found before it reached the committer, every item
+        before it handed on. Without skip_invalid those settle first:
+        one that fails at commit (a conflict) is the first bad item, so
+        its error is raised, with this one noted on it."""
+        if not self.skip_invalid:
+            try:
+                self._settle_all()
+            except BaseException as earlier:
+                earlier.add_note(f"item {position} of the input (from 0) "
+                                 f"was not storable either: {exc!r}")
+                raise
+        self._reject(position, exc, None)
+
     def _reject(self, position: int, exc: Exception,
                 future: Future | None) -> None:
         if not self.skip_invalid:
@@ -860,18 +890,22 @@ class _Pipeline:
             bytes_written=0, bytes_deduplicated=0, frames=0,
             error=str(exc))
 
-    def _drain(self, *, quiet: bool = False) -> None:
+    def _drain(self, *, quiet: bool = False
+               ) -> list[tuple[int, BaseException]]:
         """Wait for everything in flight; the first error (if any and not
         skipped) is raised after all of it is settled, unless ``quiet``
-        (another error is already on its way to the caller)."""
-        first: BaseException | None = None
+        (another error is already on its way to the caller): then the
+        errors are returned, with the position of each item."""
+        failed: list[tuple[int, BaseException]] = []
         while self.inflight:
+            position = self.inflight[0][0]
             try:
                 self._settle_oldest()
             except BaseException as exc:  # noqa: BLE001 - re-raised below
-                first = first or exc
-        if first is not None and not quiet:
-            raise first
+                failed.append((position, exc))
+        if failed and not quiet:
+            raise failed[0][1]
+        return failed
 
 
 def _as_bytes(data: StoreInput) -> bytes | memoryview:
@@ -978,7 +1012,9 @@ def _dataset_bytes(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     try:
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    except (ValueError, AttributeError, TypeError) as exc:
+    # pydicom reports a value it cannot encode (a US of 70000) as an
+    # OSError; writing into memory, nothing else can raise one here.
+    except (ValueError, AttributeError, TypeError, OSError) as exc:
         raise NotStorableError(
             f"the pydicom Dataset cannot be written as a Part 10 file: "
             f"{exc}") from None
