@@ -32,6 +32,13 @@ def _reports(count: int, *, seed: int = 5, min_bytes: int = 2048,
         count, seed=seed, min_bytes=min_bytes, max_bytes=max_bytes)]
 
 
+def _conflicting(ds) -> bytes:
+    """Other content under the UID of ``ds``."""
+    other = copy.deepcopy(ds)
+    other.PatientName = "Other^Name"
+    return _encoded(other)
+
+
 def _versions_of_one_uid() -> tuple[bytes, bytes, bytes]:
     """Three contents of one SOP Instance UID: small, large (past
     SMALL_ITEM_BYTES, so prepared in the pool), small again."""
@@ -168,12 +175,11 @@ def test_a_conflict_in_a_chunk_stores_nothing_of_the_next(tmp_path,
     reports = list(structured_reports(chunk + 44, seed=26, min_bytes=2048,
                                       max_bytes=4096))
     items = [_encoded(ds) for ds in reports]
-    conflicting = copy.deepcopy(reports[10])
-    conflicting.PatientName = "Other^Name"
+    conflicting = _conflicting(reports[10])
 
     def iterate():
         yield from items[:10]
-        yield _encoded(conflicting)
+        yield conflicting
         yield from items[11:]
         if ending == "bad item":
             yield b"DICM is not where a file starts"
@@ -204,13 +210,12 @@ def test_a_conflict_before_a_bad_item_is_the_error_raised(tmp_path, large):
     reports = list(structured_reports(12, seed=27, min_bytes=2048,
                                       max_bytes=4096))
     items = [_encoded(ds) for ds in reports]
-    conflicting = copy.deepcopy(reports[5])
-    conflicting.PatientName = "Other^Name"
+    conflicting = _conflicting(reports[5])
     bad = tmp_path / "missing.dcm" if large else b"not DICOM" * 20
     with Archive(tmp_path / "s") as archive:
         archive.store(items[5])
         with pytest.raises(ConflictError) as raised:
-            archive.store_many([*items[:5], _encoded(conflicting),
+            archive.store_many([*items[:5], conflicting,
                                 *items[6:10], bad, *items[11:]])
         notes = raised.value.__notes__
         assert len(notes) == 1 and notes[0].startswith(
@@ -219,18 +224,55 @@ def test_a_conflict_before_a_bad_item_is_the_error_raised(tmp_path, large):
         assert archive.stats().instances == 10
 
 
+def test_a_second_conflict_is_noted_on_the_first(tmp_path):
+    first, second = structured_reports(2, seed=30, min_bytes=2048,
+                                       max_bytes=4096)
+    with Archive(tmp_path / "s") as archive:
+        archive.store_many([_encoded(first), _encoded(second)])
+        with pytest.raises(ConflictError, match=first.SOPInstanceUID) as \
+                raised:
+            archive.store_many([_conflicting(first), _conflicting(second)])
+        notes = raised.value.__notes__
+        assert len(notes) == 1 and notes[0].startswith(
+            "item 1 of the input (from 0) was not stored either: "
+            "ConflictError(")
+
+
+@pytest.mark.parametrize("chunk_items", [1, None])
+def test_a_bad_item_after_a_chunk_with_a_conflict_is_noted(
+        tmp_path, monkeypatch, chunk_items):
+    """The conflict is the last item of a full chunk, still held when
+    the bad item is read: handing that chunk on raises the conflict,
+    with the bad item noted on it."""
+    if chunk_items:
+        monkeypatch.setattr(archive_module, "SMALL_CHUNK_ITEMS",
+                            chunk_items)
+    chunk = archive_module.SMALL_CHUNK_ITEMS
+    reports = list(structured_reports(chunk, seed=31, min_bytes=2048,
+                                      max_bytes=4096))
+    items = [*map(_encoded, reports[:-1]), _conflicting(reports[-1]),
+             b"DICM is not where a file starts"]
+    with Archive(tmp_path / "s") as archive:
+        archive.store(_encoded(reports[-1]))
+        with pytest.raises(ConflictError) as raised:
+            archive.store_many(items)
+        assert any(note.startswith(
+            f"item {chunk} of the input (from 0) was not storable either: "
+            f"MalformedDicomError(") for note in raised.value.__notes__)
+        assert archive.stats().instances == chunk
+
+
 def test_items_handed_on_with_the_one_that_stopped_are_noted(tmp_path):
     """Items handed to the committer before the iterable failed complete;
     one that fails is noted on the iterable's error."""
     reports = list(structured_reports(4, seed=29, min_bytes=2048,
                                       max_bytes=4096))
     items = [_encoded(ds) for ds in reports]
-    conflicting = copy.deepcopy(reports[2])
-    conflicting.PatientName = "Other^Name"
+    conflicting = _conflicting(reports[2])
 
     def iterate():
         yield from items[:2]
-        yield _encoded(conflicting)
+        yield conflicting
         raise _Interrupt
 
     with Archive(tmp_path / "s") as archive:

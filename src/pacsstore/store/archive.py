@@ -481,7 +481,8 @@ class Archive:
         their results: a re-send is idempotent), later ones are not
         read. When the iterable itself raises, the items read before
         are stored, then it is raised. Items handed on that fail are
-        noted on the error raised (``__notes__``).
+        noted on the error raised (``__notes__``). How many items past
+        a conflict may be stored is in docs/store.md.
         """
         return _Pipeline(self, skip_invalid).run(items)
 
@@ -683,9 +684,7 @@ class _Pipeline:
                 # are noted on it.
                 self._stop()
                 for position, failure in self._drain(quiet=True):
-                    stopped.add_note(f"item {position} of the input (from "
-                                     f"0) was not stored either: "
-                                     f"{failure!r}")
+                    stopped.add_note(_not_stored_either(position, failure))
                 raise
             self._drain()
         return [r for r in self.results if r is not None]
@@ -734,8 +733,7 @@ class _Pipeline:
             try:
                 snapshot = _snapshot(item)
             except _ITEM_ERRORS as exc:
-                self._hand_on_read()
-                self._reject_unsent(position, exc)
+                self._reject_unsent(position, exc, hand_on_read=True)
                 continue
             yield position, snapshot
 
@@ -767,8 +765,7 @@ class _Pipeline:
         except _ITEM_ERRORS as exc:
             # Everything before the bad item is handed on first, so that
             # raising leaves it durable.
-            self._hand_on_read()
-            self._reject_unsent(position, exc)
+            self._reject_unsent(position, exc, hand_on_read=True)
             return
         self.unencoded.append((position, prepared))
         self.unencoded_bytes += prepared.held_bytes
@@ -864,18 +861,22 @@ class _Pipeline:
         except _ITEM_ERRORS as exc:
             self._reject(position, exc, future)
 
-    def _reject_unsent(self, position: int, exc: Exception) -> None:
+    def _reject_unsent(self, position: int, exc: Exception, *,
+                       hand_on_read: bool = False) -> None:
         """A bad item found before it reached the committer, every item
-        before it handed on. Without skip_invalid those settle first:
-        one that fails at commit (a conflict) is the first bad item, so
-        its error is raised, with this one noted on it."""
-        if not self.skip_invalid:
-            try:
+        before it handed on (here first, with ``hand_on_read``). Without
+        skip_invalid those settle first: one that fails at commit (a
+        conflict) is the first bad item, so its error is raised, with
+        this one noted on it."""
+        try:
+            if hand_on_read:
+                self._hand_on_read()
+            if not self.skip_invalid:
                 self._settle_all()
-            except BaseException as earlier:
-                earlier.add_note(f"item {position} of the input (from 0) "
-                                 f"was not storable either: {exc!r}")
-                raise
+        except BaseException as earlier:
+            earlier.add_note(f"item {position} of the input (from 0) was "
+                             f"not storable either: {exc!r}")
+            raise
         self._reject(position, exc, None)
 
     def _reject(self, position: int, exc: Exception,
@@ -904,8 +905,16 @@ class _Pipeline:
             except BaseException as exc:  # noqa: BLE001 - re-raised below
                 failed.append((position, exc))
         if failed and not quiet:
-            raise failed[0][1]
+            first = failed[0][1]
+            for position, failure in failed[1:]:
+                first.add_note(_not_stored_either(position, failure))
+            raise first
         return failed
+
+
+def _not_stored_either(position: int, failure: BaseException) -> str:
+    return (f"item {position} of the input (from 0) was not stored "
+            f"either: {failure!r}")
 
 
 def _as_bytes(data: StoreInput) -> bytes | memoryview:
