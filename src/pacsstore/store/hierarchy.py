@@ -98,9 +98,10 @@ def _names(record: dict[str, Any]) -> dict[str, str]:
 def _merge(old: dict[str, Any] | None, attributes: dict[str, Any],
            level: str) -> dict[str, Any]:
     merged = dict(old or {})
-    merged.update({keyword: attributes[keyword]
-                   for keyword in LEVEL_KEYS[level]
-                   if attributes.get(keyword) not in (None, "", [])})
+    for keyword in LEVEL_KEYS[level]:
+        value = attributes.get(keyword)
+        if value is not None and value != "" and value != []:
+            merged[keyword] = value
     return merged
 
 
