@@ -39,6 +39,16 @@ def _conflicting(ds) -> bytes:
     return _encoded(other)
 
 
+def _with_a_conflict(count: int, seed: int, at: int
+                     ) -> tuple[list[Dataset], list[bytes], bytes]:
+    """``count`` small reports, encoded, and other content under the UID
+    of the one at ``at``."""
+    reports = list(structured_reports(count, seed=seed, min_bytes=2048,
+                                      max_bytes=4096))
+    return reports, [_encoded(ds) for ds in reports], \
+        _conflicting(reports[at])
+
+
 def _versions_of_one_uid() -> tuple[bytes, bytes, bytes]:
     """Three contents of one SOP Instance UID: small, large (past
     SMALL_ITEM_BYTES, so prepared in the pool), small again."""
@@ -172,10 +182,7 @@ def test_a_conflict_in_a_chunk_stores_nothing_of_the_next(tmp_path,
     handed on, however the input ends, as every chunk did when each
     committed before the next was prepared."""
     chunk = archive_module.SMALL_CHUNK_ITEMS
-    reports = list(structured_reports(chunk + 44, seed=26, min_bytes=2048,
-                                      max_bytes=4096))
-    items = [_encoded(ds) for ds in reports]
-    conflicting = _conflicting(reports[10])
+    reports, items, conflicting = _with_a_conflict(chunk + 44, seed=26, at=10)
 
     def iterate():
         yield from items[:10]
@@ -207,10 +214,7 @@ def test_a_conflict_before_a_bad_item_is_the_error_raised(tmp_path, large):
     when one of those is bad, the conflict is still the first bad item,
     and is what raises, the later one noted on it. ``large``: the bad
     item goes through the prepare pool (a path that cannot be read)."""
-    reports = list(structured_reports(12, seed=27, min_bytes=2048,
-                                      max_bytes=4096))
-    items = [_encoded(ds) for ds in reports]
-    conflicting = _conflicting(reports[5])
+    reports, items, conflicting = _with_a_conflict(12, seed=27, at=5)
     bad = tmp_path / "missing.dcm" if large else b"not DICOM" * 20
     with Archive(tmp_path / "s") as archive:
         archive.store(items[5])
@@ -265,10 +269,7 @@ def test_a_bad_item_after_a_chunk_with_a_conflict_is_noted(
 def test_items_handed_on_with_the_one_that_stopped_are_noted(tmp_path):
     """Items handed to the committer before the iterable failed complete;
     one that fails is noted on the iterable's error."""
-    reports = list(structured_reports(4, seed=29, min_bytes=2048,
-                                      max_bytes=4096))
-    items = [_encoded(ds) for ds in reports]
-    conflicting = _conflicting(reports[2])
+    reports, items, conflicting = _with_a_conflict(4, seed=29, at=2)
 
     def iterate():
         yield from items[:2]
