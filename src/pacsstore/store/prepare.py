@@ -350,7 +350,9 @@ class Preparer:
         sealed from ``coded`` when the caller coded them already, else
         compressed now."""
         contents = [parts.header, *parts.blocks]
-        missing = self._missing(prepared)
+        with self._index.read() as txn:
+            missing = [i for i, d in enumerate(prepared.digests)
+                       if self._index.block(txn, d) is None]
         compressor = self._compressor()
         planes = self._planes_encoder()
         sample_bytes = _sample_bytes(prepared.record)
@@ -366,12 +368,6 @@ class Preparer:
             else:
                 block = blocks.seal(kind, name, len(contents[i]), coded[i])
             prepared.encoded[name] = block
-
-    def _missing(self, prepared: Prepared) -> list[int]:
-        """Where in ``prepared.digests`` the blocks the index lacks are."""
-        with self._index.read() as txn:
-            return [i for i, d in enumerate(prepared.digests)
-                    if self._index.block(txn, d) is None]
 
     def plan_stream(self, fd: int, name: str) -> StreamPlan | None:
         """Parse a large file through a read-only mapping, which brings
