@@ -238,7 +238,7 @@ class _OneByOne:
     """A compressor without zstandard's batch call, as its cffi backend
     is."""
 
-    def __init__(self, missing: type[Exception] | None) -> None:
+    def __init__(self, missing: type[Exception]) -> None:
         self.missing = missing
 
     def compress(self, content) -> bytes:
