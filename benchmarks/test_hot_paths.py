@@ -1,5 +1,6 @@
 """pytest-benchmark tier: the hot paths of a store and a read, one
-instance at a time (and one series read in order with get_many).
+instance at a time (and one series read in order with get_many, and a
+store_many of small reports, which takes its chunked path).
 
 ``pytest benchmarks/test_hot_paths.py`` times them; CI runs them once
 each with ``--benchmark-disable`` (scripts/test.sh) so that they cannot
@@ -20,8 +21,10 @@ import zstandard
 from pacsstore import Archive
 from pacsstore.parsing import read_header
 from pacsstore.store import blocks, filters, layout
+from pacsstore.store.archive import SMALL_CHUNK_ITEMS
 from pacsstore.synthetic import (SCANNER_NOISE, ct_series,
-                                 multiframe_frames, write_multiframe)
+                                 multiframe_frames, structured_reports,
+                                 write_multiframe)
 
 FRAMES = 8
 SIDE = 256
@@ -136,6 +139,28 @@ def test_store_one(benchmark, slices, tmp_path):
                                     iterations=1)
     assert result.status == "stored"
     assert result.frames == 1
+
+
+def test_store_many_of_small_reports(benchmark, tmp_path):
+    """More than a chunk of small items, so that a chunk is compressed
+    while the one before it commits (store.md, "Group commit")."""
+    reports = [_encoded(ds) for ds in structured_reports(
+        SMALL_CHUNK_ITEMS + 44, seed=5)]
+    archives: list[Archive] = []
+
+    def fresh_archive():
+        archives.append(Archive(tmp_path / f"store{len(archives)}"))
+        return (archives[-1],), {}
+
+    try:
+        results = benchmark.pedantic(lambda archive: archive.store_many(
+            reports), setup=fresh_archive, rounds=3)
+        assert [r.status for r in results] == ["stored"] * len(reports)
+        assert [archives[-1].get(r.sop_instance_uid) for r in results] == \
+            reports
+    finally:
+        for archive in archives:
+            archive.close()
 
 
 def test_get_one(benchmark, slices, tmp_path):
