@@ -84,8 +84,8 @@ def test_small_items_are_committed_a_chunk_per_batch(tmp_path):
 def test_a_chunk_is_coded_while_the_one_before_commits(tmp_path,
                                                       monkeypatch):
     """Each chunk's compression (Preparer.code_together) runs once the
-    chunk before it is with the committer, and before that one is
-    waited for; the first has none before it."""
+    chunk before it is with the committer, and the chunk before that
+    one has settled by then; the first has none before it."""
     handed_on: list[int] = []
     settled: list[int] = []
     seen: list[tuple[int, int, int]] = []
@@ -113,12 +113,11 @@ def test_a_chunk_is_coded_while_the_one_before_commits(tmp_path,
         assert [archive.get(r.sop_instance_uid) for r in results] == items
     # (chunk size, items handed on before, of which settled): the first
     # chunk is coded with nothing handed on, each later one after the
-    # chunk before it went to the committer, and never after the chunk
-    # before that one is still unsettled.
+    # chunk before it went to the committer.
     assert [(size, before) for size, before, _ in seen] == \
         [(chunk, 0), (chunk, chunk), (10, 2 * chunk)]
-    assert [done >= before - chunk for _, before, done in seen] == \
-        [True] * 3
+    # The third is coded with the first settled.
+    assert seen[2][2] >= chunk
 
 
 def test_a_frame_two_items_of_a_chunk_lack_is_stored_once(tmp_path):
