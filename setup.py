@@ -16,13 +16,15 @@ NATIVE_MODULES = {
     "pacsstore._parse": "src/_native/parse.pyx",
     "pacsstore._filters": "src/_native/filters.pyx",
     "pacsstore._assemble": "src/_native/assemble.pyx",
+    "pacsstore._digests": "src/_native/digests.pyx",
 }
 # System libraries each module links, besides zlib: the filters encode
 # planes16 blocks with libzstd, the file assembly decodes them with it and
-# hashes them with OpenSSL's libcrypto (scripts/setup.sh installs their
-# headers).
+# hashes them with OpenSSL's libcrypto, as the digests module does its
+# batches (scripts/setup.sh installs their headers).
 LIBRARIES = {"pacsstore._filters": ["zstd"],
-             "pacsstore._assemble": ["zstd", "crypto"]}
+             "pacsstore._assemble": ["zstd", "crypto"],
+             "pacsstore._digests": ["crypto"]}
 
 
 def _compile_flags() -> tuple[list[str], list[str]]:

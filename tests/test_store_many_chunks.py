@@ -7,17 +7,22 @@ it is durable."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 
 import pytest
 from pydicom.dataset import Dataset
 
+from corpus import corpus_available, corpus_files
 from pacsstore import (Archive, ConflictError, MalformedDicomError,
                        NotStorableError)
+from pacsstore.errors import PacsstoreError
 from pacsstore.store import archive as archive_module
 from pacsstore.store import blocks, commit, prepare
 from pacsstore.store.blocks import Kind
 from pacsstore.synthetic import ct_series, structured_reports
+from test_digest_aside import _same_prepared
+from test_store_support import corpus_bytes
 
 
 def _encoded(ds: Dataset) -> bytes:
@@ -491,3 +496,83 @@ def test_the_iterables_own_error_is_what_the_caller_gets(tmp_path):
         # ``second`` was stored; the conflicting one changed nothing.
         assert archive.stats().instances == 2
         assert archive.store(second).status == "duplicate"
+
+
+def _named_in_a_chunk(archive: Archive, items: list[bytes]
+                      ) -> list[prepare.Prepared]:
+    """``items`` as store_many's small path prepares them: each without
+    digests or compression, then the chunk named and coded at once."""
+    chunk = [archive._preparer.prepare(data, code=False) for data in items]
+    archive._preparer.code_together(chunk)
+    return chunk
+
+
+def _same_with_manifest(a: prepare.Prepared, b: prepare.Prepared) -> None:
+    _same_prepared(a, b)
+    assert a.encoded_record == b.encoded_record
+    assert (a.manifest.header, a.manifest.payload) == \
+        (b.manifest.header, b.manifest.payload)
+
+
+def _small_corpus_files() -> list[tuple[str, str]]:
+    """(path, transfer syntax) of the first corpus file below
+    SMALL_ITEM_BYTES for each transfer syntax and modality."""
+    seen: dict[tuple[str, str], str] = {}
+    for entry in corpus_files():
+        if entry.path.stat().st_size < archive_module.SMALL_ITEM_BYTES:
+            seen.setdefault((entry.transfer_syntax, entry.modality),
+                            entry.relpath)
+    return sorted((path, key[0]) for key, path in seen.items())
+
+
+@pytest.mark.skipif(not corpus_available(), reason="no corpus")
+def test_corpus_files_named_in_a_chunk_prepare_as_alone(tmp_path):
+    """The digests a chunk takes in one call make the instance a
+    prepare of its own makes, byte for byte: the record with its
+    digests (the whole file's and the content's), the blocks and the
+    manifest, over the corpus's syntaxes (frames and cuts, encapsulated
+    fragments, deflated datasets, none at all), all in one chunk."""
+    files = _small_corpus_files()
+    assert len(files) > 20
+    alone, contents = [], []
+    with Archive(tmp_path / "s") as archive:
+        for relpath, _syntax in files:
+            data = corpus_bytes(relpath)
+            try:
+                alone.append(archive._preparer.prepare(data))
+            except PacsstoreError as exc:
+                with pytest.raises(type(exc)):
+                    archive._preparer.prepare(data, code=False)
+                continue
+            contents.append(data)
+        assert len(contents) > 20
+        named = _named_in_a_chunk(archive, contents)
+        for data, a, b in zip(contents, named, alone):
+            _same_with_manifest(a, b)
+            assert a.record["sha256"] == hashlib.sha256(data).hexdigest()
+    layouts = {p.record["layout"] for p in named}
+    assert {"native", "encapsulated", "none"} <= layouts, layouts
+    assert prepare.DEFLATED in {p.record["transfer_syntax"] for p in named}
+
+
+def test_a_chunk_names_each_instance_apart(tmp_path):
+    """One call digests the whole chunk; each instance gets its own
+    names: two reports and a slice with its frame, in either order."""
+    slice_ = _encoded(next(ct_series(1, seed=27, rows=64, columns=64)))
+    items = [*_reports(2, seed=28), slice_]
+    with Archive(tmp_path / "s") as archive:
+        for order in (items, items[::-1]):
+            alone = [archive._preparer.prepare(data) for data in order]
+            for a, b in zip(_named_in_a_chunk(archive, order), alone):
+                _same_with_manifest(a, b)
+
+
+def test_code_together_refuses_an_instance_named_already(tmp_path):
+    with Archive(tmp_path / "s") as archive:
+        report = _reports(1, seed=29)[0]
+        coded, = _named_in_a_chunk(archive, [report])
+        with pytest.raises(ValueError, match="not prepared with code=False"):
+            prepare._name_together([coded])
+        archive._preparer.code_together([coded])  # left as it is
+        assert coded.manifest is not None
+        assert archive._committer.submit(coded).result().status == "stored"

@@ -382,7 +382,8 @@ class Archive:
                  code: bool = True) -> Prepared:
         """``alone``: the caller waits on this one instance, so its
         whole-file digest is taken on another core; ``code=False``: its
-        compression is left to Preparer.code_together (Preparer.prepare).
+        digests and compression are left to Preparer.code_together
+        (Preparer.prepare).
         """
         if isinstance(data, (str, os.PathLike)):
             return self._prepare_file(data, alone=alone, code=code)
@@ -632,10 +633,10 @@ class _Pipeline:
     committer (py-lmdb releases the GIL around every get and put) hands
     the GIL to a preparer and waits to get it back. Small items are
     therefore prepared here, ``SMALL_CHUNK_ITEMS`` at a time, all but
-    their compression; the Python of a chunk never runs beside the
-    committer's. The chunk's compression, two calls that hold no GIL
-    (Preparer.code_together), is what runs while the chunk before it
-    commits:
+    their digests and their compression; the Python of a chunk never
+    runs beside the committer's. The chunk's digests and compression,
+    three calls that hold no GIL (Preparer.code_together), are what runs
+    while the chunk before it commits:
 
         here:       prepare 2 | code 2 | wait    | prepare 3 | code 3 |
         committer:            | commit 1         |           | commit 2 |
@@ -780,14 +781,11 @@ class _Pipeline:
         self._hand_on_held()
 
     def _code_unencoded(self) -> None:
-        """Code the small items prepared since the last chunk, while the
-        chunk held before them goes to the committer; they are held
-        next. The index is read for the new chunk before the committer
-        is given work: read beside the committer's Python, each lookup
-        would wait for the GIL."""
+        """Name and code the small items prepared since the last chunk,
+        while the chunk held before them goes to the committer; they are
+        held next."""
         chunk, self.unencoded, self.unencoded_bytes = self.unencoded, [], 0
         items = [p for _, p in chunk]
-        self.archive._preparer.drop_present(items)
         handing_on = bool(self.held)
         self._hand_on_held()
         self.held.extend(chunk)  # held even if coding fails, for _stop

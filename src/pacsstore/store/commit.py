@@ -177,7 +177,7 @@ class Committer:
         them as one batch (one commit, one set of syncs). ``announced``:
         they are the instance an ``announce`` was for."""
         for prepared in items:
-            if prepared.unencoded is not None:
+            if prepared.unnamed is not None:
                 raise ValueError(f"instance {prepared.uid} was prepared "
                                  f"with code=False and never coded")
         jobs = [_Job(prepared) for prepared in items]

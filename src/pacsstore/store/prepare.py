@@ -36,6 +36,7 @@ from typing import Any
 import zstandard
 
 from pacsstore import parsing
+from pacsstore._digests import sha256_many
 from pacsstore._filters import PlanesEncoder
 from pacsstore.errors import MalformedDicomError, NotStorableError
 from pacsstore.store import blocks, layout
@@ -76,6 +77,18 @@ class PlacedBlock:
         return blocks.HEADER_SIZE + self.stored_length
 
 
+@dataclass(frozen=True)
+class Unnamed:
+    """What prepare(code=False) leaves of an instance for
+    code_together, which names and codes a chunk of them at once: its
+    bytes, split into blocks, and where its dataset starts."""
+
+    buffer: memoryview
+    parts: layout.Split
+    transfer_syntax: str
+    dataset_offset: int
+
+
 @dataclass
 class Prepared:
     """An instance ready to commit: its record (without the index-only
@@ -96,9 +109,10 @@ class Prepared:
     # than in the committer, which every instance waits on in turn.
     encoded_record: bytes = b""
     manifest: EncodedBlock | None = None
-    # Left by prepare(code=False) for Preparer.code_together: the blocks
-    # to encode, and the record still to encode with its manifest.
-    unencoded: list[blocks.Unencoded] | None = None
+    # Left by prepare(code=False) for Preparer.code_together: the
+    # instance still to name (its digests, and the record's), to code,
+    # and to encode with its manifest.
+    unnamed: Unnamed | None = None
 
     @property
     def size(self) -> int:
@@ -124,8 +138,9 @@ class Prepared:
 # taken on another thread while the caller compresses every block, which
 # takes a CT slice from two SHA-256 passes plus zstd to the longer of
 # the two. Below it the hand-off costs more than it hides. store_many
-# keeps every core busy on its own and digests in place, before it
-# compresses only what the index lacks.
+# keeps every core busy on its own: its large items digest in place,
+# before they compress only what the index lacks, and its small ones a
+# chunk at a time (code_together).
 DIGEST_ASIDE_BYTES = 256 << 10
 # Threads of zstandard's own that code_together compresses on. One: it
 # runs while the committer's thread takes the other core.
@@ -222,7 +237,8 @@ class Preparer:
                 code: bool = True) -> Prepared:
         """``digest_aside`` is for a caller that waits on this one
         instance (see DIGEST_ASIDE_BYTES). ``code=False`` stops short of
-        compressing: code_together finishes many such instances at once."""
+        the digests and the compression: code_together finishes many
+        such instances at once."""
         buffer = _byte_view(buffer)
         header = parsing.read_header(buffer)
         result, attributes = header.result, dict(header.attributes)
@@ -239,6 +255,9 @@ class Preparer:
             aside = self._names_aside(buffer, parts)
         make_record = functools.partial(_record, buffer, result, attributes,
                                         parts, source_ae)
+        if not code:
+            return _left_unnamed(uid, make_record(sha256=_PENDING), buffer,
+                                 parts, result)
         coded = None
         if aside is None:
             prepared = _named_in_place(uid, make_record, parts)
@@ -248,51 +267,29 @@ class Preparer:
         prepared.record["content_sha256"] = _content_digest(
             parts, prepared.digests[1:], result.transfer_syntax,
             result.dataset_offset)
-        if not code:
-            return self._left_unencoded(prepared, parts)
         self._compress_missing(prepared, parts, coded)
         return self._with_manifest(prepared)
 
-    def _left_unencoded(self, prepared: Prepared,
-                        parts: layout.Split) -> Prepared:
-        """Every block is left to code; drop_present tells which the
-        index has, for many instances in one transaction."""
-        contents = [parts.header, *parts.blocks]
-        sample_bytes = _sample_bytes(prepared.record)
-        prepared.unencoded = [
-            blocks.Unencoded(kind, name, content, sample_bytes)
-            for kind, name, content in zip(prepared.kinds, prepared.digests,
-                                           contents)]
-        return prepared
-
-    def drop_present(self, items: list[Prepared]) -> None:
-        """Leave to code only the blocks the index lacks, of instances
-        prepared with code=False, looked up in one read transaction. Not
-        needed for correctness (the committer stores a block once
-        whatever it is given), only to spare compressing a block again.
-        """
-        with self._index.read() as txn:
-            for prepared in items:
-                if prepared.unencoded is not None:
-                    prepared.unencoded = [
-                        block for block in prepared.unencoded
-                        if self._index.block(txn, block.name) is None]
-
     def code_together(self, items: list[Prepared]) -> None:
-        """Finish what prepare(code=False) left of ``items``: compress
-        the blocks left to code (a block several of them have, once),
-        and encode each record and its manifest block.
+        """Finish what prepare(code=False) left of ``items``: name them
+        (every digest of the chunk in one call, _name_together), compress
+        the blocks left to code (a block several of them have, once; a
+        frame the index has, not at all), and encode each record and its
+        manifest block.
 
-        The compression takes two calls for all of them (frames for the
-        planes16 filter aside, one call each), neither holding the GIL
-        (blocks.encode_together), so that another thread's Python
+        The digests take one call and the compression two, none of them
+        holding the GIL (frames for the planes16 filter aside, one call
+        each: blocks.encode_together), so that another thread's Python
         (store_many's committer, committing the chunk before) runs all
         the while."""
-        items = [p for p in items if p.unencoded is not None]
+        items = [p for p in items if p.unnamed is not None]
+        _name_together(items)
+        present = self._frames_present(items)
         wanted: dict[bytes, blocks.Unencoded] = {}
         for prepared in items:
-            for block in prepared.unencoded or ():
-                wanted.setdefault(block.name, block)
+            for block in _blocks_to_code(prepared):
+                if block.name not in present:
+                    wanted.setdefault(block.name, block)
         manifests = []
         for prepared in items:
             prepared.encoded_record = _record_bytes(prepared)
@@ -304,10 +301,24 @@ class Preparer:
             threads=TOGETHER_THREADS, planes_encoder=self._planes_encoder())
         by_name = dict(zip(wanted, encoded))
         for prepared, manifest in zip(items, encoded[len(wanted):]):
-            prepared.encoded = {block.name: by_name[block.name]
-                                for block in prepared.unencoded or ()}
+            prepared.encoded = {name: by_name[name]
+                                for name in prepared.digests
+                                if name in by_name}
             prepared.manifest = manifest
-            prepared.unencoded = None
+            prepared.unnamed = None
+
+    def _frames_present(self, items: list[Prepared]) -> set[bytes]:
+        """The frames of ``items`` that the index has, looked up in one
+        read transaction. Only frames: a header block is the index's
+        only when its instance was sent before, and compressing it again
+        costs less than the lookups would beside the committer's Python,
+        each of which waits for the GIL."""
+        frames = {name for prepared in items for name in prepared.digests[1:]}
+        if not frames:
+            return set()
+        with self._index.read() as txn:
+            return {name for name in frames
+                    if self._index.block(txn, name) is not None}
 
     def _named_while_coding(self, uid: str,
                             make_record: Callable[..., dict[str, Any]],
@@ -787,15 +798,85 @@ def _content_digest(parts: layout.Split, frame_digests: list[bytes],
     to the dataset's start, and the frame blocks; hashing those, with
     the frame digests already taken, spares the pixel data a third pass
     of SHA-256 on the ingest path."""
-    identity = hashlib.sha256(transfer_syntax.encode("ascii") + b"\0")
     header = memoryview(parts.header)[dataset_offset:]
-    identity.update(hashlib.sha256(header).digest())
+    return _content_identity(parts, hashlib.sha256(header).digest(),
+                             frame_digests, transfer_syntax, dataset_offset)
+
+
+def _content_identity(parts: layout.Split, header_digest: bytes,
+                      frame_digests: list[bytes], transfer_syntax: str,
+                      dataset_offset: int) -> str:
+    """_content_digest, given the SHA-256 of the header block's bytes
+    from the dataset's start (``header_digest``)."""
+    identity = hashlib.sha256(transfer_syntax.encode("ascii") + b"\0")
+    identity.update(header_digest)
     for cut in parts.cuts:
         identity.update(_CUT.pack(cut.file_offset - dataset_offset,
                                   cut.length, cut.block, cut.block_offset))
     for name in frame_digests:
         identity.update(name)
     return identity.hexdigest()
+
+
+def _left_unnamed(uid: str, record: dict[str, Any], buffer: memoryview,
+                  parts: layout.Split, result: Any) -> Prepared:
+    """An instance prepared but for its digests and its compression,
+    both left to code_together."""
+    contents = [parts.header, *parts.blocks]
+    return Prepared(uid, record, [], [len(c) for c in contents],
+                    _kinds_of(parts),
+                    unnamed=Unnamed(buffer, parts, result.transfer_syntax,
+                                    result.dataset_offset))
+
+
+def _name_together(items: list[Prepared]) -> None:
+    """Name every instance of ``items`` (prepared with code=False): its
+    blocks, and its record's digests (the whole file's, the content's),
+    the SHA-256 passes of them all taken in one call.
+
+    Each instance gives, in order: its blocks, the header block from
+    the dataset's start (for the content digest) and, with cuts, the
+    whole file; without cuts the header block is the whole file."""
+    buffers: list[blocks.Buffer] = []
+    for prepared in items:
+        unnamed = _unnamed(prepared)
+        parts = unnamed.parts
+        buffers += [parts.header, *parts.blocks,
+                    memoryview(parts.header)[unnamed.dataset_offset:]]
+        if parts.cuts:
+            buffers.append(unnamed.buffer)
+    digests = iter(sha256_many(buffers))
+    for prepared in items:
+        unnamed = _unnamed(prepared)
+        parts = unnamed.parts
+        names = [next(digests) for _ in range(1 + len(parts.blocks))]
+        header_digest = next(digests)
+        whole = next(digests) if parts.cuts else names[0]
+        record = prepared.record
+        record["sha256"] = whole.hex()
+        record["header"] = names[0].hex()
+        record["blocks"] = [d.hex() for d in names[1:]]
+        record["content_sha256"] = _content_identity(
+            parts, header_digest, names[1:], unnamed.transfer_syntax,
+            unnamed.dataset_offset)
+        prepared.digests = names
+
+
+def _unnamed(prepared: Prepared) -> Unnamed:
+    if prepared.unnamed is None:
+        raise ValueError(f"instance {prepared.uid} was not prepared with "
+                         f"code=False, or was coded already")
+    return prepared.unnamed
+
+
+def _blocks_to_code(prepared: Prepared) -> Iterator[blocks.Unencoded]:
+    """The blocks of an instance _name_together named, as
+    encode_together takes them."""
+    parts = _unnamed(prepared).parts
+    sample_bytes = _sample_bytes(prepared.record)
+    for kind, name, content in zip(prepared.kinds, prepared.digests,
+                                   [parts.header, *parts.blocks]):
+        yield blocks.Unencoded(kind, name, content, sample_bytes)
 
 
 def _named_in_place(uid: str, make_record: Callable[..., dict[str, Any]],
