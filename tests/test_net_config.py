@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from pacsstore.cli import main as cli
+from pacsstore.cli import serve
 from pacsstore.net.access import ALL_SERVICES, Service
 from pacsstore.net.config import (NodeConfig, NodeConfigError, key_lines,
                                   load_config, parse_config)
@@ -47,6 +48,16 @@ def test_net_config_example_reads_as_documented():
     assert peers.permissions("CT 1") == {Service.STORE}
     assert peers.destination("CT 1") is None
     assert not peers.admits("OTHER")
+
+
+@pytest.mark.parametrize("text, note", [
+    ("", ""),
+    ('refuse_unknown_peers = true\n[peers.CT1]\n', ", 1 peer (others refused)"),
+    (EXAMPLE, ", 2 peers (others refused)"),
+    ('[peers.CT1]\n', ", 1 peer (others admitted)"),
+])
+def test_net_config_serve_counts_the_peers_it_read(text, note):
+    assert serve._peers_note(parse_config(text)) == note
 
 
 def test_net_config_empty_file_is_the_default_node():
@@ -167,7 +178,7 @@ def test_net_config_serve_runs_on_the_file(tmp_path):
         line = process.stdout.readline()
         assert f"listening on 127.0.0.1:{port} as FROMFILE" in line, \
             process.stderr.read()
-        assert "1 peers (others refused)" in line
+        assert "1 peer (others refused)" in line
         known = echo(port, "ECHOSCU")
         stranger = echo(port, "STRANGER")
     finally:

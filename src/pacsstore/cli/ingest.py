@@ -23,6 +23,7 @@ from rich.text import Text
 
 from pacsstore.cli.app import (_errors_as_messages, _open_archive,
                                _stop_on_signals, main)
+from pacsstore.wording import counted
 
 logger = logging.getLogger(__name__)
 
@@ -171,15 +172,11 @@ def _ingest(archive: Any, paths: list[Path], console: Console,
     return tally, time.perf_counter() - started
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
 def _ingest_summary(tally: IngestTally, seconds: float) -> str:
     """One line: the files stored, duplicate, rejected and skipped, and
     the MB the store now holds of them (stored or confirmed duplicate)."""
     statuses = Counter(tally.statuses)
-    parts = [f"{_count(statuses.pop('stored', 0), 'file')} stored",
+    parts = [f"{counted(statuses.pop('stored', 0), 'file')} stored",
              f"{statuses.pop('duplicate', 0)} duplicate",
              f"{statuses.pop('rejected', 0)} rejected"]
     parts += [f"{count} {status}" for status, count in sorted(

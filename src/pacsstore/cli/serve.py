@@ -23,6 +23,7 @@ from click.core import ParameterSource
 from pacsstore.cli.app import (_errors_as_messages, _open_archive,
                                _stop_on_signals, main)
 from pacsstore.errors import PacsstoreError
+from pacsstore.wording import counted
 
 if TYPE_CHECKING:
     from pacsstore.net.config import NodeConfig
@@ -127,7 +128,7 @@ def _peers_note(config: NodeConfig) -> str:
     if not len(peers) and not peers.refuse_unknown:
         return ""
     rule = "others refused" if peers.refuse_unknown else "others admitted"
-    return f", {len(peers)} peers ({rule})"
+    return f", {counted(len(peers), 'peer')} ({rule})"
 
 
 @contextlib.contextmanager

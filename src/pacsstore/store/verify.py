@@ -65,6 +65,7 @@ from pacsstore.store.records import (
     record_defect,
 )
 from pacsstore.store.segments import SegmentReader, segment_path
+from pacsstore.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +130,13 @@ class VerifyReport:
     def summary(self) -> str:
         # Blocks as read from the segments: stats() counts data blocks,
         # this also counts each instance's manifest block.
-        return (f"verified {_counted(self.segments, 'segment')}, "
-                f"{_counted(self.blocks, 'block')} (manifests included), "
-                f"{_counted(self.instances, 'instance')}: "
-                f"{_counted(len(self.problems), 'problem')}")
+        return (f"verified {counted(self.segments, 'segment')}, "
+                f"{counted(self.blocks, 'block')} (manifests included), "
+                f"{counted(self.instances, 'instance')}: "
+                f"{counted(len(self.problems), 'problem')}")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _counted(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def manifest_content(record: dict[str, Any]) -> bytes:
