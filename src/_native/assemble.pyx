@@ -51,12 +51,7 @@ cdef extern from "zlib.h" nogil:
     unsigned long crc32(unsigned long crc, const unsigned char* data,
                         unsigned int length)
 
-cdef extern from "openssl/evp.h" nogil:
-    ctypedef struct EVP_MD:
-        pass
-    const EVP_MD* EVP_sha256()
-    int EVP_Digest(const void* data, size_t count, unsigned char* digest,
-                   unsigned int* size, const EVP_MD* kind, void* engine)
+include "sha256.pxi"
 
 
 # What append_planes16_block found, with its detail.

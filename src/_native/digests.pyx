@@ -15,12 +15,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memset
 
 
-cdef extern from "openssl/evp.h" nogil:
-    ctypedef struct EVP_MD:
-        pass
-    const EVP_MD* EVP_sha256()
-    int EVP_Digest(const void* data, size_t count, unsigned char* digest,
-                   unsigned int* size, const EVP_MD* kind, void* engine)
+include "sha256.pxi"
 
 
 DEF DIGEST_SIZE = 32
