@@ -18,7 +18,8 @@ from libc.string cimport memset
 include "sha256.pxi"
 
 
-DEF DIGEST_SIZE = 32
+cdef enum:
+    DIGEST_SIZE = 32
 
 
 def sha256_many(buffers):
