@@ -498,6 +498,57 @@ def test_the_iterables_own_error_is_what_the_caller_gets(tmp_path):
         assert archive.store(second).status == "duplicate"
 
 
+class _WaitInterrupted:
+    """A commit's future whose first wait is interrupted (a second
+    Ctrl-C while store_many waits), once the commit itself is done."""
+
+    def __init__(self, future) -> None:
+        self.future = future
+        self.interrupted = False
+
+    def result(self, timeout=None):
+        if not self.interrupted:
+            self.interrupted = True
+            self.future.result()
+            raise _Interrupt("the wait")
+        return self.future.result(timeout)
+
+    def __getattr__(self, name):
+        return getattr(self.future, name)
+
+
+def test_a_second_interrupt_stops_the_wait_and_blames_no_item(
+        tmp_path, monkeypatch):
+    """Interrupted while it waits for the items handed on before the
+    first interrupt, store_many stops waiting and raises the second; the
+    item it was waiting for is not called a failure (it was stored)."""
+    reports = _reports(3, seed=30)
+    submit_all = commit.Committer.submit_all
+
+    def submitting(self, items, **kwargs):
+        futures = submit_all(self, items, **kwargs)
+        return [_WaitInterrupted(futures[0]), *futures[1:]]
+
+    def items():
+        yield from reports
+        raise _Interrupt("the first")
+
+    monkeypatch.setattr(commit.Committer, "submit_all", submitting)
+    with Archive(tmp_path / "s") as archive:
+        with pytest.raises(_Interrupt) as raised:
+            archive.store_many(items())
+        assert raised.value.args == ("the wait",)
+        assert str(raised.value.__context__) == "the first"
+        notes = getattr(raised.value, "__notes__", [])
+        assert len(notes) == 1 and "stopped waiting at item 0" in notes[0]
+        assert "and the 2 handed on after it" in notes[0]
+        assert not getattr(raised.value.__context__, "__notes__", [])
+    monkeypatch.undo()
+    with Archive(tmp_path / "s") as archive:
+        assert [archive.store(r).status for r in reports] == \
+            ["duplicate"] * 3
+
+
 def _named_in_a_chunk(archive: Archive, items: list[bytes]
                       ) -> list[prepare.Prepared]:
     """``items`` as store_many's small path prepares them: each without

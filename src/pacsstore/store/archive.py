@@ -897,10 +897,17 @@ class _Pipeline:
         errors are returned, with the position of each item."""
         failed: list[tuple[int, BaseException]] = []
         while self.inflight:
-            position = self.inflight[0][0]
+            position, future, _cost = self.inflight[0]
             try:
                 self._settle_oldest()
             except BaseException as exc:  # noqa: BLE001 - re-raised below
+                if not _outcome_of(future, exc):
+                    # The wait itself was interrupted (a second Ctrl-C):
+                    # stop waiting. The item is no failure of its own,
+                    # and it and those after it still commit.
+                    exc.add_note(_not_waited_for(position,
+                                                 1 + len(self.inflight)))
+                    raise
                 failed.append((position, exc))
         if failed and not quiet:
             first = failed[0][1]
@@ -908,6 +915,19 @@ class _Pipeline:
                 first.add_note(_not_stored_either(position, failure))
             raise first
         return failed
+
+
+def _outcome_of(future: Future, exc: BaseException) -> bool:
+    """Whether ``exc``, raised by ``future.result()``, is the future's
+    own outcome rather than an interruption of the wait for it."""
+    return future.done() and not future.cancelled() and \
+        future.exception() is exc
+
+
+def _not_waited_for(position: int, count: int) -> str:
+    return (f"store_many stopped waiting at item {position} of the input "
+            f"(from 0): it and the {count - 1} handed on after it are left "
+            f"to commit, and may be stored")
 
 
 def _not_stored_either(position: int, failure: BaseException) -> str:
