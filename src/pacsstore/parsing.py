@@ -137,10 +137,16 @@ def decode_value(keyword: str, raw: bytes | int,
 
 def _person_names(raw: bytes, encodings: list[str]) -> tuple[str, ...]:
     """Person names in their DICOM form, as str(PersonName) gives them."""
-    value = convert_PN(raw, encodings)
-    if isinstance(value, PersonName):
-        return (str(value),)
-    return tuple(str(name) for name in value)
+    try:
+        value = convert_PN(raw, encodings)
+        if isinstance(value, PersonName):
+            return (str(value),)
+        return tuple(str(name) for name in value)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - see _lenient
+        return tuple(name.rstrip("\x00 ")
+                     for name in _lenient(raw, encodings).split("\\"))
 
 
 def _decode_text(raw: bytes, encodings: list[str]) -> str:
@@ -152,7 +158,25 @@ def _decode_text(raw: bytes, encodings: list[str]) -> str:
             return raw.decode(encodings[0])
         except (UnicodeDecodeError, LookupError):
             pass
-    return decode_bytes(raw, encodings, _TEXT_DELIMITERS)
+    try:
+        return decode_bytes(raw, encodings, _TEXT_DELIMITERS)
+    except MemoryError:
+        raise
+    except Exception:  # noqa: BLE001 - see _lenient
+        return _lenient(raw, encodings)
+
+
+def _lenient(raw: bytes, encodings: list[str]) -> str:
+    """Text pydicom fails to decode, decoded anyway: pydicom's decoders
+    are not written for hostile bytes (an ISO 2022 name whose empty
+    component follows an escape sequence raised IndexError), and a value
+    recorded for queries is no reason to refuse an instance. Read in the
+    first character set, each undecodable byte replaced."""
+    try:
+        return raw.decode(encodings[0] if encodings else _DEFAULT_ENCODING,
+                          "replace")
+    except LookupError:
+        return raw.decode(_DEFAULT_ENCODING, "replace")
 
 
 def _encodings(raw: bytes | int | None) -> list[str]:

@@ -53,6 +53,7 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _META_SOP_CLASS = 0x00020002
 _META_SOP_INSTANCE = 0x00020003
+_SYNTAX_ELEMENT = b"\x02\x00\x10\x00UI"
 # A large file's pixel data is read, digested, compressed and written
 # this many bytes at a time (whole frames; a larger frame alone), which
 # bounds the memory a store of it takes, whatever the file's size.
@@ -248,6 +249,7 @@ class Preparer:
                 f"runs past the {len(buffer)} bytes received",
                 offset=result.end_offset)
         uid = _require_uid(buffer, result, attributes)
+        _require_ascii_syntax(buffer, result)
         deflated = result.transfer_syntax == DEFLATED
         parts = layout.split(buffer, result.pixel, deflated)
         aside = None
@@ -491,6 +493,7 @@ def _plan(view: memoryview, stat: os.stat_result,
     header = parsing.read_header(view)
     result, attributes = header.result, dict(header.attributes)
     uid = _require_uid(view, result, attributes)
+    _require_ascii_syntax(view, result)
     if result.transfer_syntax == DEFLATED or \
             not _streamable_pixel(result.pixel):
         return None
@@ -647,6 +650,21 @@ def _byte_view(buffer: bytes | memoryview) -> memoryview:
 def _meta_text(result: Any, tag: int) -> str:
     raw = result.meta.get(tag, b"")
     return raw.rstrip(b"\x00 ").decode("ascii", "replace")
+
+
+def _require_ascii_syntax(buffer: memoryview, result: Any) -> None:
+    """Refuse a Transfer Syntax UID (0002,0010) with bytes outside ASCII
+    (the walker reads them as U+FFFD): no UID has them, and the content
+    digest names the syntax in ASCII. Any other unknown syntax is read
+    as explicit VR little endian, as the walker reads it."""
+    if result.transfer_syntax.isascii():
+        return
+    meta = bytes(buffer[:result.dataset_offset])
+    found = meta.find(_SYNTAX_ELEMENT)  # the meta is explicit VR LE
+    raise MalformedDicomError(
+        f"the Transfer Syntax UID of the file meta is not a UID: "
+        f"{result.transfer_syntax!r} holds bytes outside ASCII",
+        tag=0x00020010, offset=found if found >= 0 else 0)
 
 
 def _require_uid(buffer: memoryview, result: Any,
