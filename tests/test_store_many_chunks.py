@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
@@ -627,3 +628,124 @@ def test_code_together_refuses_an_instance_named_already(tmp_path):
         archive._preparer.code_together([coded])  # left as it is
         assert coded.manifest is not None
         assert archive._committer.submit(coded).result().status == "stored"
+
+
+REGRESSIONS = Path(__file__).resolve().parent / "data" / "regressions"
+HOSTILE = ("syntax-uid-not-ascii.dcm",
+           "iso2022-name-escape-before-empty-component.dcm")
+
+
+@pytest.mark.parametrize("skip_invalid", [False, True])
+def test_hostile_files_in_a_chunk_are_refused_or_stored_in_their_place(
+        tmp_path, skip_invalid):
+    """Two files that once raised bare errors (tests/data/regressions):
+    in the middle of a second chunk, one is refused in its place and the
+    other stored; every good item before them is stored."""
+    syntax, name = ((REGRESSIONS / f).read_bytes() for f in HOSTILE)
+    chunk = archive_module.SMALL_CHUNK_ITEMS
+    good = _reports(chunk + 40, seed=32)
+    items = [*good[:chunk + 30], syntax, name, *good[chunk + 30:]]
+    with Archive(tmp_path / "s") as archive:
+        if skip_invalid:
+            results = archive.store_many(items, skip_invalid=True)
+            statuses = [r.status for r in results]
+            assert statuses[chunk + 30:chunk + 32] == ["rejected", "stored"]
+            assert statuses.count("stored") == len(items) - 1
+        else:
+            with pytest.raises(MalformedDicomError, match="Transfer Syntax"):
+                archive.store_many(items)
+            assert archive.stats().instances == chunk + 30
+        assert archive.verify().ok
+
+
+class _Defect(Exception):
+    """Stands for a defect of pacsstore's that one input brings out."""
+
+
+@pytest.mark.parametrize("where", ["prepare", "coding"])
+@pytest.mark.parametrize("skip_invalid", [False, True])
+def test_an_unexpected_error_raises_after_every_item_before_it(
+        tmp_path, monkeypatch, where, skip_invalid):
+    """An error of no item's own kind, from one item's prepare or from
+    its coding in the chunk, is raised whatever skip_invalid says, once
+    the items read before it (a full chunk held among them) are durable;
+    the items after it are not stored."""
+    chunk = archive_module.SMALL_CHUNK_ITEMS
+    items = _reports(chunk + 40, seed=33)
+    bad_at = chunk + 30
+    doomed = items[bad_at]
+    if where == "prepare":
+        prepare_ = prepare.Preparer.prepare
+
+        def preparing(self, buffer, **kwargs):
+            if bytes(buffer) == doomed:
+                raise _Defect("a defect")
+            return prepare_(self, buffer, **kwargs)
+
+        monkeypatch.setattr(prepare.Preparer, "prepare", preparing)
+    else:
+        record_bytes = prepare._record_bytes
+
+        def encoding(prepared):
+            if prepared.record["size"] == len(doomed) and \
+                    prepared.unnamed.buffer == doomed:
+                raise _Defect("a defect")
+            return record_bytes(prepared)
+
+        monkeypatch.setattr(prepare, "_record_bytes", encoding)
+    with Archive(tmp_path / "s") as archive:
+        with pytest.raises(_Defect) as raised:
+            archive.store_many(items, skip_invalid=skip_invalid)
+        assert f"item {bad_at} of the input" in raised.value.__notes__[0]
+        assert archive.stats().instances == bad_at
+        monkeypatch.undo()
+        assert [archive.store(data).status for data in items[:bad_at]] == \
+            ["duplicate"] * bad_at
+        assert archive.verify().ok
+
+
+def test_a_view_the_caller_releases_after_yielding_is_stored(tmp_path):
+    """A memoryview over bytes, released by the caller once the next item
+    is asked for: small items and large ones (the prepare pool reads
+    those later) are all stored as yielded."""
+    small = _reports(3, seed=34)
+    large = [_encoded(ds) for ds in structured_reports(
+        3, seed=35, min_bytes=300_000, max_bytes=300_010)]
+    items = [*small, *large]
+
+    def views():
+        for data in items:
+            with memoryview(data) as view:
+                yield view
+
+    with Archive(tmp_path / "s") as archive:
+        results = archive.store_many(views())
+        assert [archive.get(r.sop_instance_uid) for r in results] == items
+        released = memoryview(items[0])
+        released.release()
+        with pytest.raises(NotStorableError, match="released"):
+            archive.store(released)
+
+
+@pytest.mark.parametrize("one", ["path", "bytes", "dataset"])
+def test_store_many_refuses_one_instance_for_its_iterable(tmp_path, one):
+    ds = next(structured_reports(1, seed=36, min_bytes=2048, max_bytes=4096))
+    path = tmp_path / "one.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    item = {"path": str(path), "bytes": path.read_bytes(), "dataset": ds}[one]
+    with Archive(tmp_path / "s") as archive:
+        with pytest.raises(NotStorableError, match="not one instance"):
+            archive.store_many(item)
+        assert archive.stats().instances == 0
+
+
+def test_a_dataset_pydicom_cannot_write_is_not_storable(tmp_path):
+    """pydicom raises NotImplementedError for a VR it does not know."""
+    good, bad = structured_reports(2, seed=37, min_bytes=2048,
+                                   max_bytes=4096)
+    bad.add_new(0x00091010, "XX", "a")
+    with Archive(tmp_path / "s") as archive:
+        with pytest.raises(NotStorableError, match="cannot be written"):
+            archive.store(bad)
+        results = archive.store_many([good, bad], skip_invalid=True)
+        assert [r.status for r in results] == ["stored", "rejected"]

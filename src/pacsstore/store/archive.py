@@ -482,9 +482,18 @@ class Archive:
         their results: a re-send is idempotent), later ones are not
         read. When the iterable itself raises, the items read before
         are stored, then it is raised. Items handed on that fail are
-        noted on the error raised (``__notes__``). How many items past
-        a conflict may be stored is in docs/store.md.
+        noted on the error raised (``__notes__``). An error of no item's
+        own kind (a defect an input brings out) raises whatever
+        ``skip_invalid`` says, after every item before it is durable.
+        How many items past a conflict may be stored is in
+        docs/store.md.
         """
+        if isinstance(items, (str, bytes, bytearray, memoryview,
+                              os.PathLike, Dataset)):
+            raise NotStorableError(
+                f"store_many takes an iterable of instances, not one "
+                f"instance; found {type(items).__name__} (use store for "
+                f"one, or put it in a list)")
         return _Pipeline(self, skip_invalid).run(items)
 
     # Reading -----------------------------------------------------------------
@@ -768,6 +777,10 @@ class _Pipeline:
             # raising leaves it durable.
             self._reject_unsent(position, exc, hand_on_read=True)
             return
+        except Exception as exc:
+            exc.add_note(f"raised preparing item {position} of the input "
+                         f"(from 0)")
+            self._raise_after_read(position, exc)
         self.unencoded.append((position, prepared))
         self.unencoded_bytes += prepared.held_bytes
         if len(self.unencoded) >= SMALL_CHUNK_ITEMS or \
@@ -789,12 +802,43 @@ class _Pipeline:
         handing_on = bool(self.held)
         self._hand_on_held()
         self.held.extend(chunk)  # held even if coding fails, for _stop
-        self.archive._preparer.code_together(items)
+        try:
+            self.archive._preparer.code_together(items)
+        except Exception:
+            self._code_one_by_one(chunk)
         if handing_on:
             # The chunk before settles before this one can be handed on:
             # an item of it that fails (a conflict) stops store_many
             # with nothing after that chunk stored.
             self._settle_all()
+
+    def _code_one_by_one(self, chunk: list[tuple[int, Prepared]]) -> None:
+        """Coding the chunk at once failed: code its items one at a
+        time, so that the items before the one that fails are stored
+        before its error raises (_raise_after_read)."""
+        for done, (position, prepared) in enumerate(chunk):
+            try:
+                self.archive._preparer.code_together([prepared])
+            except Exception as exc:
+                exc.add_note(f"raised coding item {position} of the input "
+                             f"(from 0)")
+                self.held = chunk[:done]
+                self._raise_after_read(position, exc)
+
+    def _raise_after_read(self, position: int, exc: Exception) -> None:
+        """Raise ``exc``, no error of an item's own kind but a defect of
+        pacsstore's that item ``position`` brings out: whatever
+        skip_invalid says, and once every item read before it is
+        durable. An earlier item that fails meanwhile (a conflict) is
+        the first bad one: it raises instead, with this one noted."""
+        try:
+            self._hand_on_read()
+            self._settle_all()
+        except BaseException as earlier:
+            earlier.add_note(f"item {position} of the input (from 0) "
+                             f"failed too: {exc!r}")
+            raise
+        raise exc
 
     def _settle_all(self) -> None:
         while self.inflight:
@@ -1001,7 +1045,10 @@ def _size_of(data: StoreInput) -> int | None:
     if isinstance(data, bytes):
         return len(data)
     if isinstance(data, memoryview):
-        return data.nbytes
+        try:
+            return data.nbytes
+        except ValueError:  # released: the prepare says so
+            return None
     if isinstance(data, (str, os.PathLike)):
         try:
             stat = os.stat(data)
@@ -1028,10 +1075,17 @@ def _owned_view(view: memoryview) -> bytes | memoryview:
     runs it in a pool while the caller's loop already fills the next
     item. A view of a buffer the caller may reuse (a numpy array, a
     bytearray, a mmap) would name a block by one content and store
-    another, so it is copied first, like a bytearray. A non-contiguous
-    view is left for prepare to refuse with its own message."""
-    if isinstance(view.obj, bytes) or not view.c_contiguous:
-        return view
+    another, so it is copied first, like a bytearray. A view of bytes
+    is kept as a view of its own, which lives on when the caller
+    releases theirs (a ``with memoryview(...)`` around a yield). A
+    non-contiguous view is left for prepare to refuse with its own
+    message."""
+    try:
+        if isinstance(view.obj, bytes) or not view.c_contiguous:
+            return view[:]
+    except ValueError:  # released before it was handed over
+        raise NotStorableError("the memoryview was released before it "
+                               "was stored") from None
     return view.tobytes()
 
 
@@ -1039,9 +1093,13 @@ def _dataset_bytes(ds: Dataset) -> bytes:
     buffer = io.BytesIO()
     try:
         pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
-    # pydicom reports a value it cannot encode (a US of 70000) as an
-    # OSError; writing into memory, nothing else can raise one here.
-    except (ValueError, AttributeError, TypeError, OSError) as exc:
+    except MemoryError:
+        raise
+    # Whatever pydicom raises for a Dataset it cannot encode: an OSError
+    # for a US of 70000 (writing into memory, nothing else raises one
+    # here), NotImplementedError for an unknown VR, a ValueError, a
+    # TypeError...
+    except Exception as exc:  # noqa: BLE001 - all of them mean the same
         raise NotStorableError(
             f"the pydicom Dataset cannot be written as a Part 10 file: "
             f"{exc}") from None
