@@ -473,7 +473,6 @@ def test_the_compression_levels_at_either_end_store_and_read(tmp_path, level):
     ("segment_size", "1 GiB"), ("segment_size", 32), ("segment_size", -5),
     ("map_size", "64M"), ("map_size", 0), ("map_size", 2**70),
     ("max_map_size", 1.5), ("max_map_size", 2**70),
-    ("max_map_size", 1 << 20),  # less than the 64 MiB map to start with
     ("max_inflight_bytes", -1), ("max_inflight_bytes", "x"),
     ("readonly", "no"), ("readonly", 1),
 ])
@@ -482,4 +481,17 @@ def test_options_of_the_wrong_kind_are_refused_at_open(tmp_path, option,
     store = tmp_path / "store"
     with pytest.raises(StoreConfigError, match=f"^{option} is "):
         Archive(store, **{option: value})
+    assert not store.exists()
+
+
+@pytest.mark.parametrize("options", [
+    {"max_map_size": 1 << 20},  # less than the 64 MiB map to start with
+    {"map_size": 1 << 41},      # more than the 1 TiB limit by default
+])
+def test_a_map_larger_than_its_limit_names_both_options(tmp_path, options):
+    store = tmp_path / "store"
+    with pytest.raises(StoreConfigError,
+                       match=r"^map_size \(\d+ bytes\) is larger than "
+                             r"max_map_size \(\d+\)"):
+        Archive(store, **options)
     assert not store.exists()

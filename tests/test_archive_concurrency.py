@@ -77,6 +77,18 @@ def test_store_received_refuses_a_uid_mismatch(tmp_path):
         assert archive.stats().instances == 0
 
 
+@pytest.mark.parametrize("syntax", ["nope", "1.2.3.4", "", None])
+def test_store_received_refuses_a_syntax_dicom_does_not_define(tmp_path,
+                                                                syntax):
+    """A misnamed syntax would store an instance no reader decodes."""
+    body, _, sop_class, uid = _bare_dataset(corpus_bytes(CT_SMALL))
+    with Archive(tmp_path / "s") as archive:
+        with pytest.raises(NotStorableError, match="not a transfer syntax"):
+            archive.store_received(body, syntax, sop_class_uid=sop_class,
+                                   sop_instance_uid=uid)
+        assert archive.stats().instances == 0
+
+
 def _without_sop_instance_uid(data: bytes) -> bytes:
     ds = pydicom.dcmread(io.BytesIO(data))
     del ds.SOPInstanceUID

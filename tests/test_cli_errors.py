@@ -61,6 +61,13 @@ def test_cli_get_to_an_unwritable_target_is_one_line(store, tmp_path,
     assert "cannot write" in output
 
 
+@needs_corpus
+def test_cli_verify_with_a_missing_scratch_folder_says_so(store, tmp_path):
+    result = invoke("--store", str(store), "verify", "--scratch",
+                    str(tmp_path / "missing"))
+    assert "does not exist" in one_line_error(result, code=2)
+
+
 @pytest.mark.parametrize("args", [["ingest", "."], ["serve", "--port",
                                                      "0"], ["stats"]])
 def test_cli_store_that_is_a_file_is_one_line(tmp_path, args):

@@ -31,7 +31,7 @@ PROBLEMS_FOUND = 1
               help="Print the report as JSON.")
 
 
-@click.option("--scratch", type=click.Path(file_okay=False,
+@click.option("--scratch", type=click.Path(exists=True, file_okay=False,
                                            path_type=Path),
               help="Folder for temporary tables (default: the system's "
                    "temporary folder; about 250 bytes a block).")

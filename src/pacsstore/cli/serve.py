@@ -102,8 +102,9 @@ def serve(ctx: click.Context, config_path: Path | None, ae_title: str,
     statuses, received = node.counters.snapshot()
     outcomes = ", ".join(f"{status} {count}"
                          for status, count in sorted(statuses.items()))
-    click.echo(f"pacsstore: stopped; received {sum(statuses.values())} "
-               f"instances ({received / 1e6:,.1f} MB)"
+    click.echo(f"pacsstore: stopped; received "
+               f"{counted(sum(statuses.values()), 'instance')} "
+               f"({received / 1e6:,.1f} MB)"
                + (f": {outcomes}" if outcomes else ""))
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import pydicom
 import zstandard
 from pydicom.dataset import Dataset
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
 
 from pacsstore import parsing
 from pacsstore.errors import (
@@ -192,7 +193,12 @@ class Archive:
         level = _check_compression_level(compression_level)
         _check_bytes("segment_size", segment_size, SEGMENT_HEADER_SIZE + 1)
         _check_bytes("map_size", map_size, 1, _LARGEST_MAP)
-        _check_bytes("max_map_size", max_map_size, map_size, _LARGEST_MAP)
+        _check_bytes("max_map_size", max_map_size, 1, _LARGEST_MAP)
+        if max_map_size < map_size:
+            raise policy.StoreConfigError(
+                f"map_size ({map_size} bytes) is larger than max_map_size "
+                f"({max_map_size}): the map starts at map_size and grows "
+                f"up to max_map_size; raise max_map_size with it")
         self._lock_fd: int | None = None
         self._committer: Committer | None = None
         self._closed = False
@@ -434,7 +440,11 @@ class Archive:
                        source_ae: str | None = None) -> StoreResult:
         """Store a dataset as a C-STORE delivered it: a file meta group is
         written in front of the bytes, which are kept exactly as they
-        came. Thread-safe; concurrent callers share group commits."""
+        came. Thread-safe; concurrent callers share group commits.
+        ``transfer_syntax`` is the one the dataset is encoded in, one
+        DICOM defines (as a C-STORE's presentation context names it)."""
+        _check_transfer_syntax(transfer_syntax)
+
         def prepare() -> Prepared:
             meta = build_file_meta(sop_class_uid=sop_class_uid,
                                    sop_instance_uid=sop_instance_uid,
@@ -1104,6 +1114,21 @@ def _dataset_bytes(ds: Dataset) -> bytes:
             f"the pydicom Dataset cannot be written as a Part 10 file: "
             f"{exc}") from None
     return buffer.getvalue()
+
+
+def _check_transfer_syntax(value: object) -> None:
+    """Refuse a transfer syntax DICOM does not define: it decides how the
+    dataset is read, and one misnamed would store an instance that no
+    reader decodes (an unknown syntax is read as explicit VR little
+    endian)."""
+    if not isinstance(value, str) or value not in _TRANSFER_SYNTAXES:
+        raise NotStorableError(
+            f"transfer_syntax {value!r} is not a transfer syntax DICOM "
+            f"defines; give the UID of the one the dataset is encoded in "
+            f"(such as {ExplicitVRLittleEndian!r})")
+
+
+_TRANSFER_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
 
 
 def _uid_arg(uid: object) -> str:

@@ -82,6 +82,7 @@ from pacsstore.store.verify import (
     SEGMENT,
     Problem,
 )
+from pacsstore.wording import counted
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +113,11 @@ class RebuildReport:
         count = len(self.problems)
         kept = (f"; the old index is kept as {self.old_index}"
                 if self.old_index else "")
-        return (f"rebuilt the index from {self.segments} segments: "
-                f"{self.blocks} blocks, {self.instances} instances, "
-                f"{count} problem{'' if count == 1 else 's'}{kept}")
+        return (f"rebuilt the index from "
+                f"{counted(self.segments, 'segment')}: "
+                f"{counted(self.blocks, 'block')}, "
+                f"{counted(self.instances, 'instance')}, "
+                f"{counted(count, 'problem')}{kept}")
 
     def as_dict(self) -> dict[str, Any]:
         return {"segments": self.segments, "blocks": self.blocks,
