@@ -4,6 +4,7 @@ relational against hierarchical queries, C-CANCEL, and refusals."""
 
 from __future__ import annotations
 
+import logging
 import struct
 import subprocess
 import threading
@@ -223,6 +224,17 @@ def test_net_find_refuses_with_status_and_comment(node, model, level, keys,
     assert status.Status == code
     assert status.ErrorComment
     assert matches == []
+
+
+def test_net_find_refusal_is_logged_whole_though_its_comment_is_cut(
+        node, caplog):
+    """The Error Comment holds 64 characters; the node's log has the
+    whole reason, for the operator."""
+    with caplog.at_level(logging.WARNING, logger="pacsstore.net"):
+        status, _ = find(node, "study",
+                         identifier("PATIENT", PatientID=""))
+    assert status.ErrorComment.endswith("...")
+    assert "study root has STUDY, SERIES, IMAGE" in caplog.text
 
 
 def test_net_find_refuses_an_identifier_without_level(node):

@@ -69,11 +69,17 @@ AGREED = {**{sop_class: (RELATIONAL, COMBINED_DATETIME)
 
 
 class _Refusal(Exception):
-    """A request that fails before any match or sub-operation."""
+    """A request that fails before any match or sub-operation: the
+    whole reason, for the node's log, and the status the peer gets,
+    whose Error Comment holds at most 64 characters of it."""
 
-    def __init__(self, status: Dataset) -> None:
-        super().__init__(status.ErrorComment)
+    def __init__(self, status: Dataset, reason: str) -> None:
+        super().__init__(reason)
         self.status = status
+
+
+def _refused(code: int, reason: str) -> _Refusal:
+    return _Refusal(refusal(code, reason), reason)
 
 
 # Extended negotiation ------------------------------------------------
@@ -112,16 +118,15 @@ def checked_identifier(event: Event, model: str) -> Dataset:
         # (ValueError, struct.error, KeyError, ...): the peer gets the
         # refusal, the node goes on.
         reason = str(error).strip().splitlines() or [type(error).__name__]
-        raise _Refusal(refusal(IDENTIFIER_NOT_DECODABLE,
-                               f"identifier cannot be decoded: "
-                               f"{reason[0]}")) from None
+        raise _refused(IDENTIFIER_NOT_DECODABLE,
+                       f"identifier cannot be decoded: {reason[0]}") \
+            from None
     level = str(identifier.get("QueryRetrieveLevel", "") or "").strip()
     if level not in LEVELS[model]:
         found = f"is {level!r}" if level else "is missing"
-        raise _Refusal(refusal(
-            IDENTIFIER_MISMATCH,
-            f"QueryRetrieveLevel {found}; {model} root has "
-            f"{', '.join(LEVELS[model])}"))
+        raise _refused(IDENTIFIER_MISMATCH,
+                       f"QueryRetrieveLevel {found}; {model} root has "
+                       f"{', '.join(LEVELS[model])}")
     return identifier
 
 
@@ -190,12 +195,12 @@ def retrieve_instances(archive: ReadingArchive, event: Event,
             relational=agreed(event.assoc, sop_class, RELATIONAL))
         instances = [StoredInstance.of(archive, uid) for uid in uids]
     except (PacsstoreError, OSError) as error:
-        raise _Refusal(query_failure(error)) from None
+        raise _Refusal(query_failure(error),
+                       str(error) or type(error).__name__) from None
     if len(instances) > MAX_SUB_OPERATIONS:
-        raise _Refusal(refusal(
-            TOO_MANY_MATCHES,
-            f"{len(instances)} instances match; one retrieve sends at "
-            f"most {MAX_SUB_OPERATIONS}"))
+        raise _refused(TOO_MANY_MATCHES,
+                       f"{len(instances)} instances match; one retrieve "
+                       f"sends at most {MAX_SUB_OPERATIONS}")
     return instances
 
 

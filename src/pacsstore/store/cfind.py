@@ -144,8 +144,9 @@ def instances_for_retrieve(archive: Archive, identifier: Dataset, *,
         if value is None:
             if name == levels[-1] or not relational:
                 raise QueryError(
-                    f"a {levels[-1]} retrieve needs {keyword} with a "
-                    f"value (the unique key of the {name} level)")
+                    f"{_article(levels[-1])} {levels[-1]} retrieve needs "
+                    f"{keyword} with a value (the unique key of the "
+                    f"{name} level)")
             continue
         keys[keyword] = value
     answers = archive.find("instance", **keys)
@@ -274,6 +275,10 @@ def _require_unique_keys_above(identifier: Dataset,
                 f"{keyword} (the unique key of the {name} level); found "
                 f"{'none' if value is None else value!r} (relational "
                 f"queries, which do not, were not negotiated)")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "AEIOU" else "a"
 
 
 def _unique_value(identifier: Dataset, keyword: str, level: str,
