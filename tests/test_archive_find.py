@@ -286,3 +286,23 @@ def test_find_date_ranges_over_dates_as_devices_write_them(tmp_path, value,
         assert {s["StudyDate"] for s in found} == expected
         with mock.patch.object(secondary, "lookup", return_value=None):
             assert archive.find("study", StudyDate=value) == found
+
+
+def test_an_instance_without_study_or_series_uid_answers_only_itself(
+        tmp_path):
+    """Filed under an empty study and series, it is no study or series
+    answer (a C-FIND answer needs its unique key, and no query below
+    could name it), but it answers at the instance level and reads
+    back."""
+    ds = pydicom.dcmread(corpus_path(CT_SMALL))
+    del ds.StudyInstanceUID, ds.SeriesInstanceUID
+    ds.SOPInstanceUID = ds.SOPInstanceUID + ".1"
+    with Archive(tmp_path / "s") as archive:
+        archive.store(corpus_path(CT_SMALL))
+        uid = archive.store(ds).sop_instance_uid
+        assert [a["StudyInstanceUID"] for a in archive.find("study")] == \
+            [_header(CT_SMALL).StudyInstanceUID]
+        assert len(archive.find("series")) == 1
+        assert {a["SOPInstanceUID"] for a in archive.find("instance")} == \
+            {uid, _header(CT_SMALL).SOPInstanceUID}
+        assert archive.dataset(uid).SOPInstanceUID == uid

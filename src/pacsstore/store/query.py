@@ -255,9 +255,15 @@ class _Search:
         return keyword in self.query.unknown_matches
 
     def matches(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """(key, answer) of every entity of the level that matches."""
+        """(key, answer) of every entity of the level that matches. A
+        study or series without its UID (the instances filed there have
+        none: a Color Palette, a malformed image) is no answer: its
+        unique key would be empty, and no query below it could name it.
+        Its instances answer at the instance level."""
         level = self.query.level
         for name, record in self._candidate_records():
+            if not name and level in _KEYED_BY_UID:
+                continue
             answer = self.answer(level, record)
             if all(self._passes(c, answer) for c in self.query.conditions):
                 yield name, answer
@@ -329,6 +335,11 @@ class _Search:
         else:
             return None
         return _chain(names, iter(("",))) if unknown else names
+
+
+# The levels whose key is a UID the instance carries, which a C-FIND
+# answer must fill (PS3.4 C.4.1.1.3.1): an empty one is no entity.
+_KEYED_BY_UID = frozenset(("study", "series"))
 
 
 def _fields(level: str, record: dict[str, Any]) -> dict[str, Any]:
