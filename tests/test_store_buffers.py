@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from pacsstore import Archive
+from pacsstore import Archive, NotStorableError
 from pacsstore.synthetic import ct_series
 
 
@@ -30,6 +30,16 @@ def _through_one_array(files: list[bytes]):
     for data in files:
         buffer[:len(data)] = np.frombuffer(data, np.uint8)
         yield memoryview(buffer)[:len(data)]
+
+
+def _through_one_array_itself(files: list[bytes]):
+    """The same array, handed out itself (a buffer, not a memoryview),
+    one file long each time."""
+    size = len(files[0])
+    buffer = np.zeros(size, np.uint8)
+    for data in (f for f in files if len(f) == size):
+        buffer[:] = np.frombuffer(data, np.uint8)
+        yield buffer
 
 
 def _through_one_bytearray(files: list[bytes]):
@@ -62,6 +72,7 @@ def _bytes(item) -> bytes:
 
 
 @pytest.mark.parametrize("reader", [_through_one_array,
+                                    _through_one_array_itself,
                                     _through_one_bytearray,
                                     _through_one_dataset])
 def test_store_many_of_a_reused_buffer_stores_each_file_exactly(
@@ -73,3 +84,15 @@ def test_store_many_of_a_reused_buffer_stores_each_file_exactly(
         assert [r.status for r in results] == ["stored"] * len(sent)
         for data, result in zip(sent, results):
             assert archive.get(result.sop_instance_uid) == data
+
+
+def test_store_takes_any_buffer_and_names_what_it_takes_otherwise(
+        tmp_path):
+    data = _files(1)[0]
+    with Archive(tmp_path / "s") as archive:
+        as_array = np.frombuffer(data, np.uint8).copy()
+        result = archive.store(as_array)
+        assert archive.get(result.sop_instance_uid) == data
+        with pytest.raises(NotStorableError,
+                           match="bytes or another buffer .* found int"):
+            archive.store(7)

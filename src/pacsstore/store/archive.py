@@ -1007,9 +1007,14 @@ def _as_bytes(data: StoreInput) -> bytes | memoryview:
         except ValueError as exc:  # a NUL in the path
             raise NotStorableError(
                 f"cannot read {os.fspath(data)!r}: {exc}") from None
-    raise NotStorableError(
-        f"store() takes bytes, a path or a pydicom Dataset; found "
-        f"{type(data).__name__}")
+    try:
+        view = memoryview(data)  # a numpy array, an array.array, a mmap
+    except TypeError:
+        raise NotStorableError(
+            f"store() takes bytes or another buffer (a bytearray, a "
+            f"memoryview, a numpy array), a path or a pydicom Dataset; "
+            f"found {type(data).__name__}") from None
+    return _owned_view(view)
 
 
 def _read_file(fd: int, name: str) -> bytes:
@@ -1072,9 +1077,9 @@ def _snapshot(data: StoreInput) -> StoreInput:
     """``data`` as it is now, when the caller may change it once the
     loop moves on: a buffer it refills, a Dataset it edits and yields
     again. Paths are read later, in the prepare pool."""
-    if isinstance(data, (bytearray, memoryview, Dataset)):
-        return _as_bytes(data)
-    return data
+    if isinstance(data, (bytes, str, os.PathLike)):
+        return data
+    return _as_bytes(data)
 
 
 def _owned_view(view: memoryview) -> bytes | memoryview:
