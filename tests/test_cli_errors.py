@@ -110,7 +110,7 @@ def test_cli_locked_store_names_the_other_process(store):
             capture_output=True, text=True, env=environment(), timeout=60)
     assert result.returncode == 1
     assert "another pacsstore process" in result.stderr
-    assert "get, find and stats work beside it" in result.stderr
+    assert "get, find, stats and verify work beside it" in result.stderr
     assert "readonly=True" not in result.stderr
 
 

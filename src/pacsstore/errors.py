@@ -57,7 +57,8 @@ class ConflictError(PacsstoreError):
         super().__init__(
             f"SOP Instance UID {sop_instance_uid} is already stored with "
             f"different content; the re-send policy is 'reject' "
-            f"(use on_conflict='replace' or 'keep-first' to change it)")
+            f"(on_conflict='replace' or 'keep-first' changes it, "
+            f"--on-conflict on the command line)")
 
 
 class StoreConfigError(PacsstoreError, ValueError):

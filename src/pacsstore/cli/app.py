@@ -42,8 +42,8 @@ def _open_archive(store: Path, *, readonly: bool, **options: Any) -> Any:
     except StoreLockedError as error:
         raise click.ClickException(
             f"{store} is being written by another pacsstore process (such "
-            f"as `pacsstore serve`); get, find and stats work beside "
-            f"it") from error
+            f"as `pacsstore serve` or `pacsstore ingest`); get, find, "
+            f"stats and verify work beside it") from error
     except OSError as error:
         raise click.ClickException(
             f"cannot open the store {store}: {error.strerror or error}"

@@ -322,9 +322,8 @@ class Archive:
         except BlockingIOError:
             os.close(fd)
             raise StoreLockedError(
-                f"{self.path} is open for writing by another Archive, in "
-                f"this process or another; read it through that Archive, "
-                f"or from another process with readonly=True")
+                f"{self.path} is open for writing in another process; "
+                f"read it from this one with readonly=True")
         self._lock_fd = fd
 
     def _release_lock(self) -> None:
