@@ -306,3 +306,10 @@ def test_an_instance_without_study_or_series_uid_answers_only_itself(
         assert {a["SOPInstanceUID"] for a in archive.find("instance")} == \
             {uid, _header(CT_SMALL).SOPInstanceUID}
         assert archive.dataset(uid).SOPInstanceUID == uid
+
+
+def test_a_misspelt_key_is_refused_with_the_keys_the_level_knows(archive):
+    with pytest.raises(QueryError, match=r"'Modalty' is not a DICOM "
+                                         r"keyword; a study query knows "
+                                         r".*ModalitiesInStudy"):
+        archive.find("study", Modalty="CT")

@@ -118,7 +118,9 @@ def _table_console() -> Console:
 
 @click.option("--patient-id")
 @click.option("--patient-name", help="Exact, or with * wildcards.")
-@click.option("--study-date", help="YYYYMMDD.")
+@click.option("--study-date",
+              help="A date (YYYYMMDD), a year or month, or a range "
+                   "(D1-D2, -D2, D1-).")
 @click.option("--modality")
 @click.option("--accession-number")
 @click.option("--study-uid")

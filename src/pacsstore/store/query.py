@@ -130,7 +130,9 @@ def compile_query(level: str, keys: dict[str, Any], *,
     conditions: dict[str, Condition] = {}
     for keyword, value in keys.items():
         if tag_for_keyword(keyword) is None:
-            raise QueryError(f"{keyword!r} is not a DICOM keyword")
+            raise QueryError(
+                f"{keyword!r} is not a DICOM keyword; a {level} query "
+                f"knows {', '.join(known_keys(level))}")
         if keyword not in known:
             raise QueryError(
                 f"{keyword} is not an attribute of the {level} level or "
