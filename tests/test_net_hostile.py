@@ -28,7 +28,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import (CTImageStorage, ExplicitVRBigEndian,
                          ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                         JPEGBaseline8Bit)
+                         JPEGBaseline8Bit, MRImageStorage)
 from pynetdicom import AE
 from pynetdicom.dsutils import decode, encode
 
@@ -300,6 +300,41 @@ def test_garbage_instead_of_an_associate_request_is_aborted(
     _good_store(node, slices[0])
 
 
+def _associate_rq_of(context_id: int, syntaxes: list[bytes]) -> bytes:
+    """An A-ASSOCIATE-RQ of one Verification context with this ID and
+    these transfer syntaxes, which PS3.8 9.3.2.2 wants odd and one at
+    least."""
+    body = (struct.pack(">HH", 1, 0) + b"PACSSTORE".ljust(16)
+            + b"HOSTILE".ljust(16) + bytes(32)
+            + _item(0x10, APPLICATION_CONTEXT)
+            + _item(0x20, bytes([context_id, 0, 0, 0])
+                    + _item(0x30, b"1.2.840.10008.1.1")
+                    + b"".join(_item(0x40, s) for s in syntaxes))
+            + _item(0x50, _item(0x51, struct.pack(">I", 16384))
+                    + _item(0x52, IMPLEMENTATION_UID)))
+    return pdu(A_ASSOCIATE_RQ, body)
+
+
+@pytest.mark.parametrize("context_id, syntaxes", [
+    (1, []), (2, [b"1.2.840.10008.1.2"]),
+], ids=["no-transfer-syntax", "even-context-id"])
+def test_a_malformed_associate_request_is_refused_at_once(
+        node, slices, unchanged, context_id, syntaxes):
+    """pynetdicom raised in its negotiation (no transfer syntax) or in
+    its state machine (an even ID) and left the connection open with no
+    answer, holding one of the node's association slots."""
+    peer = RawPeer(node.port)
+    started = time.monotonic()
+    peer.send(_associate_rq_of(context_id, syntaxes))
+    answer = peer.answer()
+    peer.close()
+    assert answer.refused and A_ASSOCIATE_AC not in answer.kinds, answer
+    assert time.monotonic() - started < NETWORK_TIMEOUT, answer
+    unchanged(idle=False)
+    _wait_idle(node)
+    _good_store(node, slices[0])
+
+
 @pytest.mark.parametrize("kind", [A_ASSOCIATE_RQ, P_DATA_TF])
 def test_pdu_claiming_4_gib_is_dropped_without_reading_it(
         node, slices, unchanged, kind):
@@ -421,6 +456,43 @@ def test_broken_dataset_gets_a_failure_status_and_the_association_stays(
     peer.release()
     peer.close()
     assert node.archive.get(uid).endswith(good)
+
+
+def test_file_meta_elements_in_a_dataset_are_refused(node, slices,
+                                                     unchanged):
+    """A (0002,0010) at the head of the data set read as the file meta's
+    transfer syntax: the instance was acknowledged, filed as JPEG
+    Baseline against the negotiated syntax, and the element dropped from
+    what a retrieve sent back. Group 0002 is no part of a data set
+    (PS3.10 7.1)."""
+    dataset, uid = _dataset_of(slices[1])
+    syntax = b"1.2.840.10008.1.2.4.50"
+    injected = struct.pack("<HH2sH", 0x0002, 0x0010, b"UI", len(syntax)) \
+        + syntax + dataset
+    peer = _established(node, ExplicitVRLittleEndian)
+    answer = peer.store(1, CTImageStorage, uid, injected)
+    assert 0xC000 <= answer.status <= 0xCFFF, answer
+    unchanged(idle=False)
+    assert uid not in node.archive
+    assert peer.store(1, CTImageStorage, uid, dataset, 2).status == 0
+    peer.release()
+    peer.close()
+
+
+def test_an_instance_of_another_sop_class_than_its_context_is_refused(
+        node, slices, unchanged):
+    """An MR instance (its command and its data set say so) on a CT
+    context was stored: a message belongs to its context's abstract
+    syntax (PS3.8 7.1.1.13)."""
+    ds = pydicom.dcmread(slices[2])
+    ds.SOPClassUID = MRImageStorage
+    dataset = encode(ds, False, True)
+    peer = _established(node, ExplicitVRLittleEndian)
+    answer = peer.store(1, MRImageStorage, str(ds.SOPInstanceUID), dataset)
+    peer.close()
+    assert answer.status is not None and answer.status != 0, answer
+    unchanged()
+    assert str(ds.SOPInstanceUID) not in node.archive
 
 
 def _reencoded(path: Path, syntax: str) -> tuple[bytes, str]:

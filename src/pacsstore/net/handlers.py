@@ -37,8 +37,8 @@ from pacsstore.net.access import ALL_SERVICES, PeerTable, Service
 from pacsstore.net.contexts import service_of
 from pacsstore.net.reactor import event_driven
 from pacsstore.net.requested import no_delay
-from pacsstore.net.status import (NOT_AUTHORIZED, failure_status, refusal,
-                                  success_status)
+from pacsstore.net.status import (NOT_AUTHORIZED, SOP_CLASS_NOT_SUPPORTED,
+                                  failure_status, refusal, success_status)
 
 logger = logging.getLogger(__name__)
 
@@ -230,6 +230,18 @@ class StoreHandler:
             return self._fail(NotStorableError(
                 "the C-STORE request has no Affected SOP Instance UID"),
                 "(no UID)", event)
+        context_class = str(event.context.abstract_syntax)
+        if sop_class != context_class:
+            # A message belongs to the abstract syntax of its context
+            # (PS3.8 7.1.1.13): what was negotiated for one SOP class
+            # (or for Verification, which has no C-STORE) carries no
+            # other.
+            reason = (f"the C-STORE names SOP class {sop_class} on a "
+                      f"presentation context of {context_class}")
+            logger.warning("C-STORE of %s from %s refused: %s",
+                           sop_instance, peer, reason)
+            self.counters.record("refused", 0)
+            return refusal(SOP_CLASS_NOT_SUPPORTED, reason)
         try:
             result = self.archive.store_received(
                 data, syntax, sop_class_uid=sop_class,

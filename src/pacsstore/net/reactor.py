@@ -103,6 +103,22 @@ def _time_left(timer: Timer) -> float | None:
     return max(0.0, timer.remaining)
 
 
+def _aborting_on_failure(assoc: Association,
+                         negotiate: Callable[[], None]) -> Callable[[], None]:
+    """pynetdicom's negotiation of a request, aborting the association
+    when it raises: a presentation context with no transfer syntax made
+    it raise IndexError, the thread died, and the connection stayed open
+    with no answer, holding one of the node's association slots."""
+    def negotiating() -> None:
+        try:
+            negotiate()
+        except Exception as exc:  # noqa: BLE001 - hostile requests
+            _assoc_log.error("the association request cannot be "
+                             "negotiated (%r); aborting", exc)
+            assoc.abort()
+    return negotiating
+
+
 def event_driven(assoc: Association) -> bool:
     """Turn an acceptor that has not started yet into one whose reactors
     block until there is work; False (and nothing changed) otherwise."""
@@ -313,7 +329,15 @@ class EventDrivenDUL(DULServiceProvider):
                 idle = True
                 continue
             negotiating = self.state_machine.current_state == "Sta3"
-            self.state_machine.do_action(event)
+            try:
+                self.state_machine.do_action(event)
+            except Exception as exc:  # noqa: BLE001 - pynetdicom's policy
+                # pynetdicom's actions raise on what a hostile peer sends
+                # (an even presentation context ID is a ValueError in
+                # AE-6); its own reactor would let the thread die and
+                # leave the connection open with no answer.
+                self._abort_on(exc)
+                return
             idle = False
             if negotiating and self._hand_over():
                 return
@@ -340,10 +364,17 @@ class EventDrivenDUL(DULServiceProvider):
         transport = self.socket
         if transport is not None:
             transport.send(abort.encode())
+        waiting_for_request = self.assoc.is_acceptor and \
+            not self.assoc.is_established
         self.assoc.is_aborted = True
         self.assoc.is_established = False
         self.assoc._kill = True
         self._kill_thread = True
+        if waiting_for_request:
+            # The association thread waits for the A-ASSOCIATE request
+            # for up to the ACSE timeout; nothing, which it takes for
+            # that timeout, ends its wait now.
+            self.to_user_queue.put(None)
 
 
 class RunningDUL(EventDrivenDUL):
@@ -386,6 +417,8 @@ class EventDrivenAssociation(Association):
         DecodedResponses.install(assoc.dimse)
         assoc.dul.to_user_queue = _waking(assoc.dul.to_user_queue,
                                           assoc.wake)
+        assoc.acse.negotiate_association = _aborting_on_failure(
+            assoc, assoc.acse.negotiate_association)
 
     def wake(self) -> None:
         self._wake.set()

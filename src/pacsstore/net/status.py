@@ -71,6 +71,9 @@ DATASET_MISMATCH = 0xA900
 CONFLICTING_RESEND = 0xC002
 OUT_OF_RESOURCES = 0xA700
 PROCESSING_FAILURE = 0x0110
+# Refused: SOP Class not supported (PS3.7 C.5): on the presentation
+# context it came on.
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 PENDING = 0xFF00
 # Pending, some optional keys not supported (PS3.4 C.4.1.1.4).

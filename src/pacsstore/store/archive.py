@@ -37,7 +37,8 @@ import numpy as np
 import pydicom
 import zstandard
 from pydicom.dataset import Dataset
-from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian
+from pydicom.uid import (AllTransferSyntaxes, DeflatedExplicitVRLittleEndian,
+                         ExplicitVRBigEndian, ExplicitVRLittleEndian)
 
 from pacsstore import parsing
 from pacsstore.errors import (
@@ -443,6 +444,7 @@ class Archive:
         ``transfer_syntax`` is the one the dataset is encoded in, one
         DICOM defines (as a C-STORE's presentation context names it)."""
         _check_transfer_syntax(transfer_syntax)
+        _check_no_file_meta(dataset, transfer_syntax)
 
         def prepare() -> Prepared:
             meta = build_file_meta(sop_class_uid=sop_class_uid,
@@ -1133,6 +1135,25 @@ def _check_transfer_syntax(value: object) -> None:
 
 
 _TRANSFER_SYNTAXES = frozenset(str(uid) for uid in AllTransferSyntaxes)
+
+
+def _check_no_file_meta(dataset: bytes | memoryview,
+                        transfer_syntax: str) -> None:
+    """Refuse a data set that begins with a file meta element: group
+    0002 is no part of a data set (PS3.10 7.1), and behind the meta the
+    node writes it would be read as that meta's, its (0002,0010) taking
+    the place of the negotiated transfer syntax."""
+    if transfer_syntax == DeflatedExplicitVRLittleEndian or \
+            len(dataset) < 2:
+        return  # deflated: the bytes are a deflate stream, not elements
+    order = "big" if transfer_syntax == ExplicitVRBigEndian else "little"
+    if int.from_bytes(bytes(dataset[:2]), order) == 0x0002:
+        element = int.from_bytes(bytes(dataset[2:4]), order)
+        raise MalformedDicomError(
+            f"the data set begins with a file meta element "
+            f"(0002,{element:04X}); group 0002 belongs to a Part 10 "
+            f"file's meta, not to a data set (PS3.10 7.1)",
+            tag=0x00020000 | element, offset=0)
 
 
 def _uid_arg(uid: object) -> str:
