@@ -238,8 +238,8 @@ def test_identifiers_plain_request_takes_the_plain_path(plain_count):
 
 
 @pytest.mark.parametrize("case", [
-    "sequence", "big endian", "deflated", "cut short", "out of order",
-    "unknown VR", "empty"])
+    "sequence", "big endian", "deflated", "out of order", "unknown VR",
+    "empty"])
 def test_identifiers_other_requests_decode_as_pydicom_does(case):
     identifier = _query()
     syntax = ExplicitVRLittleEndian
@@ -255,8 +255,6 @@ def test_identifiers_other_requests_decode_as_pydicom_does(case):
         syntax = DeflatedExplicitVRLittleEndian
         packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
         data = packer.compress(data) + packer.flush()
-    elif case == "cut short":
-        data = data[:-3]
     elif case == "out of order":
         data = _explicit(0x00100020, "LO", b"ID") + data
     elif case == "unknown VR":
@@ -265,3 +263,25 @@ def test_identifiers_other_requests_decode_as_pydicom_does(case):
         data = b""
     assert ours(data, syntax) == \
         theirs(data, syntax)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian,
+                                    ImplicitVRLittleEndian,
+                                    ExplicitVRBigEndian])
+@pytest.mark.parametrize("cut", ["last value", "a length that lies"])
+def test_identifiers_cut_short_are_refused(syntax, cut):
+    """pydicom reads an element whose length runs past the end as the
+    bytes there are, and a query cut short was answered as if whole
+    (network.md: 0xC100 for a value of the wrong length)."""
+    implicit = syntax == ImplicitVRLittleEndian
+    data = encode(_query(), implicit, syntax != ExplicitVRBigEndian)
+    if cut == "last value":
+        data = data[:-3]
+    else:
+        level = (b"\x08\x00\x52\x00" + (b"\xff\x00\x00\x00" if implicit
+                                          else b"CS\xff\x00")
+                 if syntax != ExplicitVRBigEndian
+                 else b"\x00\x08\x00\x52CS\x00\xff")
+        data = level + b"STUDY "
+    with pytest.raises(ValueError, match="runs past the end"):
+        decode_identifier(data, syntax)

@@ -35,6 +35,8 @@ from pydicom.tag import BaseTag
 from pydicom.values import convert_value
 from pynetdicom.dsutils import decode
 
+from pacsstore._parse import parse
+
 _IMPLICIT = struct.Struct("<HHI")
 _EXPLICIT_SHORT = struct.Struct("<HH2sH")
 _LONG_LENGTH = struct.Struct("<I")
@@ -83,6 +85,11 @@ def decode_identifier(data: bytes, transfer_syntax: Any) -> Dataset:
             pass
     if not data:
         return Dataset()
+    # pydicom reads an element whose length runs past the end as the
+    # bytes there are; the walker says it is cut short.
+    if parse(data, str(transfer_syntax)).truncated:
+        raise ValueError("an element's length runs past the end of the "
+                         "identifier")
     dataset = decode(BytesIO(data), implicit,
                      bool(transfer_syntax.is_little_endian),
                      bool(transfer_syntax.is_deflated))
