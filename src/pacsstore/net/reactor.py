@@ -371,9 +371,9 @@ class EventDrivenDUL(DULServiceProvider):
         self.assoc._kill = True
         self._kill_thread = True
         if waiting_for_request:
-            # The association thread waits for the A-ASSOCIATE request
-            # for up to the ACSE timeout; nothing, which it takes for
-            # that timeout, ends its wait now.
+            # The association thread waits up to the ACSE timeout for
+            # the A-ASSOCIATE request; a None, which it reads as that
+            # timeout, ends its wait now.
             self.to_user_queue.put(None)
 
 
