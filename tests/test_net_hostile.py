@@ -374,6 +374,22 @@ def test_request_cut_short_then_silence_times_out(node, slices, unchanged,
     _good_store(node, slices[2])
 
 
+def test_stop_does_not_wait_for_a_peer_stalled_inside_its_request(
+        node, monkeypatch):
+    """The read of the rest of a PDU held the node's stop until the
+    network timeout (120 s in serve), whatever its grace."""
+    monkeypatch.setattr(node_module, "NETWORK_TIMEOUT", 120)
+    stalled = Node(node.archive, port=0)
+    stalled.start()
+    peer = RawPeer(stalled.port)
+    peer.send(associate_rq([(CTImageStorage, ExplicitVRLittleEndian)])[:30])
+    time.sleep(0.5)  # the node reads the header, then waits for the rest
+    started = time.monotonic()
+    stalled.stop(grace=0.5)
+    assert time.monotonic() - started < 5
+    peer.close()
+
+
 # --- inside an association -------------------------------------------------
 
 def test_p_data_cut_short_then_silence_times_out(node, slices, unchanged):

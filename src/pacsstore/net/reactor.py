@@ -194,6 +194,12 @@ class EventDrivenDUL(DULServiceProvider):
             self.decided.set()
             self.close_wake()
             self.assoc_wake()
+            if self.assoc.is_acceptor and not self.assoc.is_established:
+                # The association thread may be waiting, up to the ACSE
+                # timeout, for an A-ASSOCIATE request that will not come
+                # now (an abort, a connection closed inside the request);
+                # a None, which it reads as that timeout, ends the wait.
+                self.to_user_queue.put(None)
 
     def close_wake(self) -> None:
         """Close the wake-up socket pair, once the loop has ended."""
@@ -215,8 +221,21 @@ class EventDrivenDUL(DULServiceProvider):
         self._kill_thread = True
         self.wake()
         if threading.current_thread() is not self:
+            self._end_read()
             self.join()
         return True
+
+    def _end_read(self) -> None:
+        """End a read the loop may be blocked in: a peer that stalls
+        inside a PDU holds it until the network timeout (120 s), and with
+        it the node's stop. Called once nothing is left to read (Sta1)."""
+        transport = getattr(self.socket, "socket", None)
+        if transport is None:
+            return
+        try:
+            transport.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass  # closed already, or never connected
 
     def _wait_for_work(self) -> None:
         """Block until the socket has data, something is queued for this
@@ -364,17 +383,10 @@ class EventDrivenDUL(DULServiceProvider):
         transport = self.socket
         if transport is not None:
             transport.send(abort.encode())
-        waiting_for_request = self.assoc.is_acceptor and \
-            not self.assoc.is_established
         self.assoc.is_aborted = True
         self.assoc.is_established = False
         self.assoc._kill = True
         self._kill_thread = True
-        if waiting_for_request:
-            # The association thread waits up to the ACSE timeout for
-            # the A-ASSOCIATE request; a None, which it reads as that
-            # timeout, ends its wait now.
-            self.to_user_queue.put(None)
 
 
 class RunningDUL(EventDrivenDUL):

@@ -703,7 +703,9 @@ class _Pipeline:
                 # error, an interrupt) is what the caller gets; the items
                 # already handed on still complete, and those that fail
                 # are noted on it.
-                self._stop()
+                dropped = self._stop()
+                if dropped:
+                    stopped.add_note(_read_not_stored(dropped))
                 for position, failure in self._drain(quiet=True):
                     stopped.add_note(_not_stored_either(position, failure))
                 raise
@@ -720,8 +722,11 @@ class _Pipeline:
         preparing.add_done_callback(self._prepared)
         self.preparing.append((position, preparing))
 
-    def _stop(self) -> None:
-        """Drop what was read but not handed on, and its streams."""
+    def _stop(self) -> list[int]:
+        """Drop what was read but not handed on, and its streams; the
+        positions of the items dropped."""
+        dropped = sorted(position for position, _ in (
+            *self.preparing, *self.held, *self.unencoded))
         for _position, future in self.preparing:
             future.cancel()
             future.add_done_callback(self._abandon_unsent)
@@ -731,6 +736,7 @@ class _Pipeline:
                 self.committer.abandon(prepared.stream)
         self.held.clear()
         self.unencoded.clear()
+        return dropped
 
     def _read(self, items: Iterable[StoreInput]
               ) -> Iterator[tuple[int, StoreInput]]:
@@ -985,6 +991,18 @@ def _not_waited_for(position: int, count: int) -> str:
             f"to commit, and may be stored")
 
 
+def _read_not_stored(positions: list[int]) -> str:
+    """A note of the items read but never handed on when store_many
+    stopped (a second interrupt, an error while a chunk was held)."""
+    first, last = positions[0], positions[-1]
+    which = (f"item {first}" if len(positions) == 1 else
+             f"items {first} to {last}" if last - first + 1 == len(positions)
+             else f"{len(positions)} items from {first} to {last}")
+    verb = "was" if len(positions) == 1 else "were"
+    return (f"{which} of the input (from 0) {verb} read but not handed on "
+            f"when store_many stopped, and not stored")
+
+
 def _not_stored_either(position: int, failure: BaseException) -> str:
     return (f"item {position} of the input (from 0) was not stored "
             f"either: {failure!r}")
@@ -1116,9 +1134,11 @@ def _dataset_bytes(ds: Dataset) -> bytes:
     # here), NotImplementedError for an unknown VR, a ValueError, a
     # TypeError...
     except Exception as exc:  # noqa: BLE001 - all of them mean the same
+        # Some of pydicom's messages carry a traceback of their own.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise NotStorableError(
             f"the pydicom Dataset cannot be written as a Part 10 file: "
-            f"{exc}") from None
+            f"{reason}") from None
     return buffer.getvalue()
 
 
