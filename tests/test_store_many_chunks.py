@@ -522,12 +522,11 @@ class _WaitInterrupted:
         return getattr(self.future, name)
 
 
-def test_a_second_interrupt_stops_the_wait_and_blames_no_item(
-        tmp_path, monkeypatch):
-    """Interrupted while it waits for the items handed on before the
-    first interrupt, store_many stops waiting and raises the second; the
-    item it was waiting for is not called a failure (it was stored)."""
-    reports = _reports(3, seed=30)
+def _interrupted_twice(archive: Archive, monkeypatch,
+                       reports: list[bytes]) -> BaseException:
+    """store_many of ``reports`` from an iterable that then stops (the
+    first interrupt), with the first wait for a commit interrupted (the
+    second): what store_many raises, which must be the second."""
     submit_all = commit.Committer.submit_all
 
     def submitting(self, items, **kwargs):
@@ -539,15 +538,25 @@ def test_a_second_interrupt_stops_the_wait_and_blames_no_item(
         raise _Interrupt("the first")
 
     monkeypatch.setattr(commit.Committer, "submit_all", submitting)
+    with pytest.raises(_Interrupt) as raised:
+        archive.store_many(items())
+    assert raised.value.args == ("the wait",)
+    return raised.value
+
+
+def test_a_second_interrupt_stops_the_wait_and_blames_no_item(
+        tmp_path, monkeypatch):
+    """Interrupted while it waits for the items handed on before the
+    first interrupt, store_many stops waiting and raises the second; the
+    item it was waiting for is not called a failure (it was stored)."""
+    reports = _reports(3, seed=30)
     with Archive(tmp_path / "s") as archive:
-        with pytest.raises(_Interrupt) as raised:
-            archive.store_many(items())
-        assert raised.value.args == ("the wait",)
-        assert str(raised.value.__context__) == "the first"
-        notes = getattr(raised.value, "__notes__", [])
+        raised = _interrupted_twice(archive, monkeypatch, reports)
+        assert str(raised.__context__) == "the first"
+        notes = getattr(raised, "__notes__", [])
         assert len(notes) == 1 and "stopped waiting at item 0" in notes[0]
         assert "and the 2 handed on after it" in notes[0]
-        assert not getattr(raised.value.__context__, "__notes__", [])
+        assert not getattr(raised.__context__, "__notes__", [])
     monkeypatch.undo()
     with Archive(tmp_path / "s") as archive:
         assert [archive.store(r).status for r in reports] == \
@@ -562,24 +571,11 @@ def test_a_second_interrupt_names_the_items_read_and_not_stored(
     says so: its items were read, and a caller would otherwise take
     them for stored."""
     chunk = archive_module.SMALL_CHUNK_ITEMS
-    reports = _reports(chunk + 44, seed=38)
-    submit_all = commit.Committer.submit_all
-
-    def submitting(self, items, **kwargs):
-        futures = submit_all(self, items, **kwargs)
-        return [_WaitInterrupted(futures[0]), *futures[1:]]
-
-    def items():
-        yield from reports
-        raise _Interrupt("the first")
-
-    monkeypatch.setattr(commit.Committer, "submit_all", submitting)
     with Archive(tmp_path / "s") as archive:
-        with pytest.raises(_Interrupt) as raised:
-            archive.store_many(items())
-        assert raised.value.args == ("the wait",)
+        raised = _interrupted_twice(archive, monkeypatch,
+                                    _reports(chunk + 44, seed=38))
         assert f"items {chunk} to {chunk + 43} of the input (from 0) were " \
-            f"read but not handed on" in "".join(raised.value.__notes__)
+            f"read but not handed on" in "".join(raised.__notes__)
         assert archive.stats().instances == chunk
 
 
