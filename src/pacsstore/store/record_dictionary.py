@@ -133,7 +133,7 @@ _local = threading.local()
 
 def compress(record: bytes) -> bytes:
     """A zstd frame of ``record`` against the dictionary, with the
-    content size in its header."""
+    content size in its header and the checksum of its content."""
     return _compressor().compress(record)
 
 
@@ -146,8 +146,13 @@ def compress_together(records: list[bytes], threads: int) -> list[bytes]:
 def _compressor() -> zstandard.ZstdCompressor:
     found = getattr(_local, "compressor", None)
     if found is None:
+        # The checksum: a record's frame carries none of its own, and the
+        # index keeps it outside any block (records.py); without it a
+        # flipped bit could decompress to another record (a cut moved
+        # by one byte), which a reader would then follow.
         found = _local.compressor = zstandard.ZstdCompressor(
-            level=_LEVEL, dict_data=_dictionary, write_dict_id=False)
+            level=_LEVEL, dict_data=_dictionary, write_dict_id=False,
+            write_checksum=True)
     return found
 
 
