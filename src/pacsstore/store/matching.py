@@ -46,7 +46,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
@@ -446,13 +446,70 @@ def _literal_prefix(pattern: str) -> str:
 
 def _text_matches(stored: str, wanted: str) -> bool:
     if _has_wildcard(wanted):
-        return _pattern(wanted).fullmatch(stored) is not None
+        return _wildcard_matches(stored, _pattern(wanted))
     return stored == wanted
 
 
+class _Piece(NamedTuple):
+    """A run of a wildcard pattern between two ``*``: its text, and the
+    expression that finds it when it holds a ``?`` (None otherwise)."""
+
+    text: str
+    search: re.Pattern[str] | None
+
+
 @lru_cache(maxsize=512)
-def _pattern(value: str) -> re.Pattern[str]:
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c)
-             for c in value)
-    return re.compile("".join(parts), re.DOTALL)
+def _pattern(value: str) -> tuple[_Piece, ...]:
+    """``value`` cut at each ``*``. A regular expression of the whole
+    pattern (``.*`` for each ``*``) backtracks exponentially on values
+    that do not match it (``*?*?*?...#``: seconds for 19 characters,
+    holding the GIL, so that one query stalled the whole node); pieces
+    without ``*`` cannot."""
+    pieces = []
+    for text in value.split("*"):
+        search = None
+        if "?" in text:
+            search = re.compile("".join(
+                "." if c == "?" else re.escape(c) for c in text), re.DOTALL)
+        pieces.append(_Piece(text, search))
+    return tuple(pieces)
+
+
+def _wildcard_matches(stored: str, pieces: tuple[_Piece, ...]) -> bool:
+    """PS3.4 C.2.2.2.4: ``?`` any one character, ``*`` any run of them.
+
+    The first piece must start the value and the last end it; each one
+    between is taken where it first occurs after the one before, which
+    leaves the most room for those after it, so a match is found if
+    there is one. Time grows with the value's length times the
+    pattern's, never faster."""
+    first, last = pieces[0], pieces[-1]
+    if len(pieces) == 1:
+        return len(stored) == len(first.text) and _piece_at(stored, 0,
+                                                              first)
+    end = len(stored) - len(last.text)
+    if end < len(first.text) or not _piece_at(stored, 0, first) or \
+            not _piece_at(stored, end, last):
+        return False
+    position = len(first.text)
+    for piece in pieces[1:-1]:
+        found = _find_piece(stored, piece, position, end)
+        if found < 0:
+            return False
+        position = found + len(piece.text)
+    return True
+
+
+def _piece_at(stored: str, position: int, piece: _Piece) -> bool:
+    if piece.search is None:
+        return stored.startswith(piece.text, position)
+    return piece.search.match(stored, position,
+                              position + len(piece.text)) is not None
+
+
+def _find_piece(stored: str, piece: _Piece, start: int, end: int) -> int:
+    if piece.search is None:
+        return stored.find(piece.text, start, end)
+    found = piece.search.search(stored, start, end)
+    return -1 if found is None else found.start()
 
