@@ -6,22 +6,28 @@ stored dataset bytes themselves when the peer takes the stored syntax."""
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from hypothesis import given, settings, strategies as st
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.encaps import encapsulate
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
 from pydicom.uid import generate_uid
 
 from corpus import CORPUS_ROOT, CorpusFile, corpus_available, corpus_files
 from pacsstore import Archive
 from pacsstore._parse import parse
-from pacsstore.errors import TranscodeError
+from pacsstore.errors import FrameDecodeError, TranscodeError
+from pacsstore.filemeta import build_file_meta
 from pacsstore.pixels.transcode import (LOSSLESS_SYNTAXES,
                                         UNCOMPRESSED_TARGETS,
                                         available_lossless_encoders,
@@ -480,3 +486,115 @@ def test_transcode_big_endian_unknown_vr_is_a_transcode_error():
     ds["PixelData"].VR = "OW"
     with pytest.raises(TranscodeError, match=r"\(0009,1001\) has VR UN"):
         transcode(part10(ds, BIG_ENDIAN), EXPLICIT)
+
+
+# Inputs that once transcoded wrong ----------------------------------------
+
+REGRESSIONS = Path(__file__).parent / "data" / "regressions"
+
+
+def _encapsulated_items(fragments: list[bytes], table: bytes = b"") -> bytes:
+    items = b"\xfe\xff\x00\xe0" + struct.pack("<I", len(table)) + table
+    for fragment in fragments:
+        items += b"\xfe\xff\x00\xe0" + struct.pack("<I", len(fragment))
+        items += fragment
+    return items + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def test_transcode_of_a_file_ending_inside_its_pixel_data_is_refused():
+    """pydicom reads such a file (kept as received) as an empty dataset,
+    without an error: it went out as a C-STORE of no bytes, counted as
+    sent (a C-GET's final status 0x0000)."""
+    ds = small_ct(frames=4)
+    ds.compress(RLE, generate_instance_uid=False)
+    cut = part10(ds, RLE)[:-8]   # without its sequence delimiter
+    assert len(pydicom.dcmread(io.BytesIO(cut), force=True)) == 0
+    for target in (EXPLICIT, IMPLICIT):
+        with pytest.raises(TranscodeError, match="does not read whole"):
+            transcode(cut, target)
+
+
+def test_transcode_refuses_frames_other_than_number_of_frames():
+    """A Basic Offset Table four bytes off, or each frame in two
+    fragments without one: pydicom's decoder gives 3 or 1 frames of the
+    4, and the dataset went out shorter, NumberOfFrames rewritten, under
+    the same SOP Instance UID."""
+    ds = small_ct(frames=4)
+    ds.compress(RLE, generate_instance_uid=False)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=4))
+    starts = [0]
+    for frame in frames[:-1]:
+        starts.append(starts[-1] + 8 + len(frame))
+    off_by_four = struct.pack("<4I", 0, *(s + 4 for s in starts[1:]))
+    halves = [part for f in frames
+              for part in (f[:len(f) // 2 & ~1], f[len(f) // 2 & ~1:])]
+    for pixel_data in (_encapsulated_items(frames, off_by_four),
+                       _encapsulated_items(halves)):
+        ds.PixelData = pixel_data
+        ds["PixelData"].is_undefined_length = True
+        with pytest.raises(TranscodeError, match="Number of Frames is 4"):
+            transcode(part10(ds, RLE), EXPLICIT)
+
+
+@pytest.mark.parametrize("stored", [RLE, JPEG_LS])
+def test_transcode_keeps_ybr_samples_of_a_lossless_syntax(stored):
+    """YBR_FULL in RLE or JPEG-LS lossless was made RGB, which 8-bit
+    samples cannot come back from; only JPEG's YBR is a codec's colour
+    transform."""
+    ds = small_ct(frames=1)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 3, "YBR_FULL"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    samples = np.random.default_rng(2).integers(
+        0, 256, (8, 6, 3), dtype=np.uint8)
+    ds.PixelData = samples.tobytes()
+    ds.compress(stored, generate_instance_uid=False)
+
+    sent = sent_dataset(transcode(part10(ds, stored), EXPLICIT), EXPLICIT)
+
+    assert sent.PhotometricInterpretation == "YBR_FULL"
+    assert sent.PixelData == samples.tobytes()
+
+
+def test_transcode_of_a_panicking_rle_segment_is_a_transcode_error():
+    data = (REGRESSIONS / "rle-segment-panics-decoder.dcm").read_bytes()
+    with pytest.raises(TranscodeError, match="PanicException"):
+        transcode(data, EXPLICIT)
+
+
+def test_a_panicking_rle_segment_is_a_frame_decode_error(tmp_path):
+    data = (REGRESSIONS / "rle-segment-panics-decoder.dcm").read_bytes()
+    with Archive(tmp_path / "store") as archive:
+        uid = archive.store(data).sop_instance_uid
+        failures = 0
+        for index in range(archive.record(uid)["frames"]):
+            try:
+                archive.frame(uid, index, decode=True)
+            except FrameDecodeError:
+                failures += 1
+        assert failures >= 1
+
+
+def test_an_odd_deflated_dataset_goes_out_with_its_padding(tmp_path):
+    """PS3.5 A.5: an odd deflate stream takes a trailing NUL. Stored as
+    it came without one, it made DCMTK abort the association, and the
+    rest of a C-MOVE with it. get() still returns the file as stored."""
+    ds = small_ct(frames=1)
+    for length in range(1, 64):
+        ds.PatientComments = "x" * length
+        plain = DicomBytesIO()
+        plain.is_implicit_VR, plain.is_little_endian = False, True
+        write_dataset(plain, ds)
+        packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+        stream = packer.compress(plain.getvalue()) + packer.flush()
+        if len(stream) % 2:
+            break
+    meta = build_file_meta(sop_class_uid=ds.SOPClassUID,
+                           sop_instance_uid=ds.SOPInstanceUID,
+                           transfer_syntax=DEFLATED)
+    data = meta + stream
+
+    assert transcode(data, DEFLATED) == stream + b"\0"
+    with Archive(tmp_path / "store") as archive:
+        assert archive.get(archive.store(data).sop_instance_uid) == data

@@ -23,6 +23,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import UID
 
 from pacsstore.errors import FrameDecodeError, MalformedDicomError
+from pacsstore.pixels.failures import is_codec_failure
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,14 @@ def _attributes(prefix: bytes) -> Dataset:
     try:
         return pydicom.dcmread(io.BytesIO(prefix), force=True,
                                stop_before_pixels=True)
-    except (ValueError, EOFError, OSError) as exc:
+    except BaseException as exc:
+        if not is_codec_failure(exc):
+            raise
+        # pydicom raises what its code meets: ValueError, EOFError,
+        # NotImplementedError for a VR it does not know, ...
         raise MalformedDicomError(
-            f"the attributes before the pixel data do not read: {exc}"
-        ) from None
+            f"the attributes before the pixel data do not read: "
+            f"{type(exc).__name__}: {exc}") from None
 
 
 def decode_frame(prefix: bytes, frame: bytes, transfer_syntax: str,
@@ -57,12 +62,9 @@ def decode_frame(prefix: bytes, frame: bytes, transfer_syntax: str,
     try:
         return _single_frame(source, frame, transfer_syntax, native,
                              pixel_vr).pixel_array
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - wrapped, not swallowed
-        # pydicom's handlers and the codecs behind them raise what their
-        # codec raises (NotImplementedError, RuntimeError, ValueError,
-        # struct.error, ...); each means that this frame does not decode.
+    except BaseException as exc:
+        if not is_codec_failure(exc):
+            raise
         raise FrameDecodeError(
             f"frame {index} of instance {sop_instance_uid} (transfer "
             f"syntax {transfer_syntax}) does not decode: "

@@ -44,6 +44,7 @@ from pydicom.uid import UID
 
 from pacsstore._parse import ParseResult, parse
 from pacsstore.errors import TranscodeError
+from pacsstore.pixels.failures import is_codec_failure
 
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -169,7 +170,8 @@ def transcode(part10: bytes, target_syntax: str) -> bytes:
     """The dataset of ``part10`` (a Part 10 file, as the archive returns
     it) encoded in ``target_syntax``, without its file meta group: the
     bytes a C-STORE sends. When the target is the stored syntax these are
-    the stored dataset bytes, unchanged."""
+    the stored dataset bytes, unchanged (but for the NUL an odd deflated
+    dataset lacks, PS3.5 A.5)."""
     return bytes(transcoded_view(part10, target_syntax))
 
 
@@ -179,22 +181,29 @@ def transcoded_view(part10: bytes, target_syntax: str) -> memoryview | bytes:
     walk = parse(part10)
     stored, target = walk.transfer_syntax, _clean(target_syntax)
     if target == stored:
-        return memoryview(part10)[walk.dataset_offset:]
+        dataset = memoryview(part10)[walk.dataset_offset:]
+        if stored == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN and len(dataset) % 2:
+            # PS3.5 A.5: an odd deflate stream takes one trailing NUL,
+            # which changes nothing inflated; files that lack it are
+            # stored as they came, but DCMTK aborts an association over
+            # an odd dataset, and with it the rest of a C-MOVE.
+            return bytes(dataset) + b"\0"
+        return dataset
     uid = _sop_instance_uid(walk)
     _check_target(stored, target, uid)
     ds = _read(part10, stored, uid)
+    _check_read_whole(ds, walk, uid)
     try:
         _decode(ds, stored)
         if target not in UNCOMPRESSED_TARGETS:
             _encode(ds, target)
         return _write(ds, implicit=target == IMPLICIT_VR_LITTLE_ENDIAN)
-    except MemoryError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - wrapped, not swallowed
-        # pydicom and the codecs behind it raise what their code raises
-        # (RuntimeError, ValueError, TypeError, struct.error, ...); each
-        # means that this instance does not transcode. The checks here
-        # raise TranscodeError, given the instance and syntaxes here.
+    except BaseException as exc:
+        # The checks here raise TranscodeError, given the instance and
+        # syntaxes here; what pydicom and its codecs raise means that
+        # this instance does not transcode (failures.py).
+        if not is_codec_failure(exc):
+            raise
         raise TranscodeError(
             f"instance {uid} (stored as {_name(stored)}) does not "
             f"transcode to {_name(target)}: {_summary(exc)}") from None
@@ -220,7 +229,9 @@ def _check_target(stored: str, target: str, uid: str) -> None:
 def _read(part10: bytes, stored: str, uid: str) -> Dataset:
     try:
         ds = pydicom.dcmread(io.BytesIO(part10), force=True)
-    except Exception as exc:  # noqa: BLE001 - wrapped, not swallowed
+    except BaseException as exc:
+        if not is_codec_failure(exc):
+            raise
         raise TranscodeError(f"instance {uid} does not read with pydicom: "
                              f"{_summary(exc)}") from None
     # The walker's syntax rules: it also knows a file without a meta.
@@ -228,6 +239,23 @@ def _read(part10: bytes, stored: str, uid: str) -> Dataset:
         ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = UID(stored)
     return ds
+
+
+def _check_read_whole(ds: Dataset, walk: ParseResult, uid: str) -> None:
+    """pydicom reads a file that ends inside an element as far as it
+    can, with no error: one that ends inside its encapsulated Pixel Data
+    (which pacsstore stores, as received) read as an empty dataset, and
+    went out as a C-STORE of no bytes, counted as sent."""
+    missing = []
+    if "SOPInstanceUID" not in ds:
+        missing.append("its SOP Instance UID")
+    if walk.pixel is not None and PIXEL_DATA not in ds:
+        missing.append("its Pixel Data")
+    if missing:
+        raise TranscodeError(
+            f"instance {uid} does not read whole with pydicom (it lacks "
+            f"{' and '.join(missing)}; does the file end inside an "
+            f"element?); it can only be sent as stored")
 
 
 # Decoding ---------------------------------------------------------------
@@ -238,22 +266,28 @@ def _decode(ds: Dataset, stored: str) -> None:
         _swap_to_little_endian(ds)
     elif stored not in _NATIVE:
         if PIXEL_DATA in ds:
-            _decode_pixel_data(ds, stored)
+            _decode_pixel_data(ds, stored, as_rgb=stored in _ALWAYS_LOSSY)
             _mark_lossy(ds, stored)
         for nested in _datasets(ds)[1:]:
             if _is_encapsulated(nested):
                 # An icon image may be encapsulated in the stored syntax
                 # (PS3.5 A.4); in a native dataset it must be native too.
-                _decode_pixel_data(nested, stored)
+                _decode_pixel_data(nested, stored,
+                                   as_rgb=stored in _ALWAYS_LOSSY)
     ds.file_meta.TransferSyntaxUID = UID(EXPLICIT_VR_LITTLE_ENDIAN)
 
 
-def _decode_pixel_data(ds: Dataset, syntax: str, *,
-                       as_rgb: bool = True) -> None:
+def _decode_pixel_data(ds: Dataset, syntax: str, *, as_rgb: bool) -> None:
     """Replace the Pixel Data of ``ds``, in ``syntax``, by its decoded
     frames, as ``Dataset.decompress`` does, with the Image Pixel
     attributes the decoder reports: planar configuration 0, and with
-    ``as_rgb`` YBR colour made RGB."""
+    ``as_rgb`` YBR colour made RGB.
+
+    ``as_rgb`` only for baseline and extended JPEG, whose YBR is a
+    colour transform of the codec (and lossy anyway): made RGB by the
+    decoder, as every viewer shows it. YBR in a lossless syntax (RLE,
+    JPEG-LS, lossless JPEG) is the samples themselves, and turning
+    8-bit YBR into RGB cannot be undone (clipping, rounding)."""
     frames: list[np.ndarray] = []
     properties: dict[str, Any] = {}
     decoder = get_decoder(syntax)
@@ -261,6 +295,13 @@ def _decode_pixel_data(ds: Dataset, syntax: str, *,
         frames.append(array)
     if not frames:
         raise TranscodeError("the pixel data holds no frame")
+    stated = _stated_frames(ds)
+    if len(frames) != stated:
+        # A lying offset table, or frames in several fragments without
+        # one: pydicom's decoder then gives other frames than there are.
+        raise TranscodeError(
+            f"its pixel data decodes to {len(frames)} frames, but (0028,"
+            f"0008) Number of Frames is {stated}")
     element = ds[PIXEL_DATA]
     element.value = _native_pixels(frames, ds.BitsAllocated)
     element.is_undefined_length = False
@@ -276,6 +317,17 @@ def _decode_pixel_data(ds: Dataset, syntax: str, *,
     # PS3.5 8.2: native data of more than 8 bits is OW; OB is kept for
     # 8 bits and less, as pydicom writes it.
     element.VR = "OB" if ds.BitsAllocated <= 8 else "OW"
+
+
+def _stated_frames(ds: Dataset) -> int:
+    value = ds.get("NumberOfFrames")
+    if value in (None, ""):
+        return 1
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise TranscodeError(f"(0028,0008) Number of Frames is "
+                             f"{value!r}") from None
 
 
 def _native_pixels(frames: list[np.ndarray], bits_allocated: int) -> bytes:
