@@ -242,6 +242,13 @@ def test_cfind_reports_the_keys_it_cannot_match_or_return(archive):
         "STUDY", PatientID=ct.PatientID, StudyDescription=""),
         model="study")
     assert held.unsupported_keys == ()
+    # Filled by the node, not the index, and returned: not unsupported
+    # (they gave 0xFF01 though every response carried them).
+    filled = find_identifiers(archive, _request(
+        "STUDY", PatientID=ct.PatientID, RetrieveAETitle="",
+        InstanceAvailability=""), model="study",
+        retrieve_ae_title="PACSSTORE")
+    assert filled.unsupported_keys == ()
 
 
 def test_cfind_bad_value_is_a_query_error_naming_the_key(archive):

@@ -196,6 +196,8 @@ def _read(identifier: Dataset, model: str, relational: bool) -> _Request:
         if keyword in known:
             _refuse_unreadable(element, keyword)
             request.keys[keyword] = value
+        elif keyword in _ANSWERED_HERE and value in (None, ""):
+            continue   # returned with the node's values (_answer_value)
         elif not _below(keyword, target):
             request.unsupported.append(keyword)
         elif value not in (None, ""):
@@ -335,6 +337,11 @@ def _response(request: _Request, answer: dict[str, Any],
         response.SpecificCharacterSet = \
             charset if len(charset) > 1 else charset[0]
     return response
+
+
+# Return keys the node fills itself rather than from the index: asked
+# for with no value, they are supported (no 0xFF01 for them).
+_ANSWERED_HERE = frozenset(("RetrieveAETitle", "InstanceAvailability"))
 
 
 def _answer_value(keyword: str, answer: dict[str, Any],
