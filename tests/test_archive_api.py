@@ -495,3 +495,44 @@ def test_a_map_larger_than_its_limit_names_both_options(tmp_path, options):
                              r"max_map_size \(\d+\)"):
         Archive(store, **options)
     assert not store.exists()
+
+
+def test_dataset_of_an_instance_pydicom_cannot_read_says_so(tmp_path):
+    """pacsstore stores this file (its walker follows the undefined
+    lengths); pydicom's reader stops with OSError, which dataset() let
+    out as it was."""
+    relpath = ("fo-dicom/TestData/"
+               "GH177_D_CLUNIE_CT1_IVRLE_BigEndian_undefined_length.dcm")
+    data = corpus_bytes(relpath)
+    with Archive(tmp_path / "store") as archive:
+        uid = archive.store(data).sop_instance_uid
+        assert archive.get(uid) == data
+        with pytest.raises(MalformedDicomError, match="pydicom cannot "
+                                                      "read it"):
+            archive.dataset(uid)
+
+
+def test_frame_decode_of_attributes_pydicom_cannot_read(tmp_path):
+    """(0002,0000) with the VR bytes "UO": pydicom raises
+    NotImplementedError reading the attributes before the pixel data,
+    which frame(decode=True) let out as it was."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 4, 4, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.arange(16, dtype=np.uint16).tobytes()
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = bytearray(buffer.getvalue())
+    assert data[132:138] == b"\x02\x00\x00\x00UL"
+    data[136:138] = b"UO"
+    with Archive(tmp_path / "store") as archive:
+        uid = archive.store(bytes(data)).sop_instance_uid
+        assert len(archive.frame(uid, 0)) == 32
+        with pytest.raises(MalformedDicomError, match="NotImplementedError"):
+            archive.frame(uid, 0, decode=True)

@@ -5,8 +5,10 @@ holding the store keeps the rebuild out."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,20 +25,22 @@ from pacsstore import (
     Archive,
     NewerFormatError,
     NotFoundError,
+    ReadOnlyStoreError,
     StoreLockedError,
     rebuild_index,
 )
 from pacsstore.cli import main as cli
-from pacsstore.store import blocks
+from pacsstore.store import blocks, scan
 from pacsstore.store.blocks import Kind
 from pacsstore.store.index import Index
 from pacsstore.store.records import dumps
-from pacsstore.store.segments import segment_path
+from pacsstore.store.segments import HEADER_SIZE, segment_path
 from pacsstore.store.verify import (
     DAMAGED_BLOCK,
     INCOMPLETE_INSTANCE,
     MISSING_SEGMENT,
     SEGMENT,
+    UNLISTED_SEGMENT,
 )
 from test_store_support import (
     BITPACKED_SEG,
@@ -308,16 +312,19 @@ def test_rebuild_leaves_out_a_segment_with_a_damaged_header(populated):
 
     assert (report.problems[0].kind, report.problems[0].segment) == (
         SEGMENT, 2)
-    with Archive(store) as archive:  # the writer sets the segment aside
+    with Archive(store) as archive:
         kept = {a["SOPInstanceUID"] for a in archive.find("instance")}
         for uid in kept:
             assert archive.get(uid) == expected[uid]
+        # Older than the newest segment, so no crash's leftover: the
+        # writer leaves it for repair, and verify goes on reporting it.
+        (unlisted,) = archive.verify().problems
     assert 0 < len(kept) < len(expected)
     assert {p.sop_instance_uid for p in report.problems[1:]} <= \
         set(expected) - kept
-    assert not path.exists()
-    (aside,) = (store / "recovered").iterdir()
-    assert aside.read_bytes() == damaged
+    assert path.read_bytes() == damaged
+    assert not (store / "recovered").exists()
+    assert (unlisted.kind, unlisted.segment) == (UNLISTED_SEGMENT, 2)
 
 
 def test_rebuild_reports_a_missing_segment_and_keeps_the_rest(populated):
@@ -334,6 +341,51 @@ def test_rebuild_reports_a_missing_segment_and_keeps_the_rest(populated):
         for uid in kept:
             assert archive.get(uid) == expected[uid]
     assert 0 < len(kept) < len(expected)
+
+
+def _segment_numbers(store: Path) -> list[int]:
+    return sorted(int(p.stem) for p in (store / "segments").glob("*.seg"))
+
+
+@pytest.mark.parametrize("loss", ["newest deleted", "cut to its header",
+                                  "cut at a block boundary"])
+def test_rebuild_reports_what_the_old_index_had_and_the_segments_lost(
+        populated, loss):
+    """Losses that leave no trace in the segments themselves: the old
+    index, when it can be read, says what was committed. Before, each
+    rebuilt with no problem reported and verify found nothing after."""
+    store, expected = populated
+    numbers = _segment_numbers(store)
+    number = numbers[-1] if loss == "newest deleted" else numbers[1]
+    path = segment_path(store / "segments", number)
+    if loss == "newest deleted":
+        path.unlink()
+    elif loss == "cut to its header":
+        os.truncate(path, HEADER_SIZE)
+    else:
+        first = scan.walk(path, number, path.stat().st_size)
+        os.truncate(path, next(first).end)  # after its first block
+
+    report = rebuild_index(store)
+
+    # The loss, and the instances it cut from their blocks, if any.
+    (problem,) = [p for p in report.problems
+                  if p.kind != INCOMPLETE_INSTANCE]
+    kind = MISSING_SEGMENT if loss == "newest deleted" else SEGMENT
+    assert (problem.kind, problem.segment) == (kind, number)
+    assert "the old index recorded" in problem.message
+    with Archive(store, readonly=True) as archive:
+        assert 0 < len(archive.find("instance")) < len(expected)
+
+
+def test_rebuild_without_a_readable_old_index_compares_nothing(populated):
+    store, expected = populated
+    (store / "index" / "data.mdb").write_bytes(b"not an LMDB file" * 512)
+
+    report = rebuild_index(store)
+
+    assert report.problems == []
+    assert report.instances == len(expected)
 
 
 def test_rebuild_removes_what_an_unfinished_rebuild_left(populated):
@@ -495,3 +547,19 @@ def test_cli_rebuild_index_exits_non_zero_on_damage(populated):
     assert {p["kind"] for p in report["problems"]} == {
         DAMAGED_BLOCK, INCOMPLETE_INSTANCE}
     assert victim in {p["sop_instance_uid"] for p in report["problems"]}
+
+
+def test_rebuild_on_a_read_only_store_says_so(populated, monkeypatch):
+    """On a read-only mount the lock file cannot be opened: a traceback
+    of OSError before."""
+    store, _ = populated
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if Path(path).name == "lock":
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+    monkeypatch.setattr(os, "open", read_only)
+
+    with pytest.raises(ReadOnlyStoreError, match="needs the store writable"):
+        rebuild_index(store)

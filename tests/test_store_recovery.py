@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from pacsstore import Archive, CorruptStoreError
+from pacsstore import Archive, CorruptStoreError, NotAStoreError
 from pacsstore.store.segments import HEADER_SIZE, segment_path
 from test_store_support import CT_SMALL, MR_SMALL, corpus_bytes
 
@@ -25,11 +25,42 @@ def test_recovery_refuses_to_open_a_writer_over_a_lost_index(tmp_path):
     before = _segment_bytes(store)
     shutil.rmtree(store / "index")
 
-    with pytest.raises(CorruptStoreError, match="index knows none"):
+    with pytest.raises(CorruptStoreError, match="index of .* is lost"):
         Archive(store)
 
     assert _segment_bytes(store) == before
     assert uid is not None
+    # Refused before LMDB could make a new, empty index there: one that
+    # verify and every reader would then have taken for an empty store.
+    assert not (store / "index").exists()
+    with pytest.raises(CorruptStoreError, match="rebuild-index"):
+        Archive(store, readonly=True)
+
+
+@pytest.mark.parametrize("damage", ["emptied", "zeroed", "cut short"])
+def test_an_index_file_emptied_zeroed_or_cut_short_is_refused(
+        tmp_path, damage):
+    """Each opened before as a new index, an LMDB error or a SIGBUS (a
+    read past the end of the mapped file) that killed the process."""
+    store = tmp_path / "store"
+    with Archive(store) as archive:
+        for name in (CT_SMALL, MR_SMALL):
+            archive.store(corpus_bytes(name))
+    data = store / "index" / "data.mdb"
+    size = data.stat().st_size
+    if damage == "emptied":
+        data.write_bytes(b"")
+    elif damage == "zeroed":
+        data.write_bytes(bytes(size))
+    else:
+        with open(data, "r+b") as handle:
+            handle.truncate(size // 2)
+    before = _segment_bytes(store)
+
+    for readonly in (True, False):
+        with pytest.raises(CorruptStoreError, match="rebuild-index"):
+            Archive(store, readonly=readonly)
+    assert _segment_bytes(store) == before
 
 
 def test_recovery_sets_aside_segments_an_older_index_does_not_know(
@@ -100,3 +131,29 @@ def test_recovery_leaves_files_that_are_not_segments_alone(tmp_path):
         assert archive.get(uid) == data
         archive.store(corpus_bytes(MR_SMALL))
     assert stranger.read_bytes() == b"kept by someone else"
+
+
+def test_a_segment_under_a_name_readers_do_not_open_is_not_taken(tmp_path):
+    """``1.seg`` is no segment to readers (they open ``00000001.seg``);
+    the writer took it for segment 1 and stored beside a segment no
+    reader could find."""
+    store = tmp_path / "store"
+    with Archive(store) as archive:
+        archive.store(corpus_bytes(CT_SMALL))
+    segment_path(store / "segments", 1).rename(store / "segments" / "1.seg")
+
+    with pytest.raises(CorruptStoreError, match=r"segments \[1\] are in "
+                                                r"the index but missing"):
+        Archive(store)
+
+
+@pytest.mark.parametrize("name", ["lock", "PACSSTORE"])
+def test_a_directory_in_place_of_a_store_file_is_named(tmp_path, name):
+    store = tmp_path / "store"
+    Archive(store).close()
+    path = store / name
+    path.unlink()
+    path.mkdir()
+
+    with pytest.raises(NotAStoreError, match=f"{name} is"):
+        Archive(store)

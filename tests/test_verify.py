@@ -20,7 +20,7 @@ import pytest
 import zstandard
 from click.testing import CliRunner
 
-from pacsstore import Archive
+from pacsstore import Archive, CorruptStoreError
 from pacsstore.cli import main as cli
 from pacsstore.store import blocks, verify
 from pacsstore.store.index import BlockEntry, Index
@@ -386,3 +386,54 @@ def test_verify_is_clean_beside_a_process_that_stores(store):
     seen = [int(r.output.split(" instances")[0].rsplit(" ", 1)[1])
             for r in reports]
     assert min(seen) < final.instances, seen
+
+
+def test_verify_reports_an_instance_key_that_is_not_utf8(store):
+    """One damaged byte in an LMDB key: find raised UnicodeDecodeError
+    and verify died with a traceback."""
+    uid = _uid(corpus_bytes(MR_SMALL))
+
+    def rekey(index: Index, txn: lmdb.Transaction) -> None:
+        raw = txn.get(uid.encode(), db=index.db["instances"])
+        txn.delete(uid.encode(), db=index.db["instances"])
+        txn.put(b"1.\xb7" + uid.encode()[3:], raw, db=index.db["instances"])
+    _edit_index(store, rekey)
+
+    report = _verify(store)
+
+    (record,) = [p for p in report.problems if p.kind == verify.RECORD]
+    assert "not UTF-8" in record.message
+    with Archive(store, readonly=True) as archive:
+        with pytest.raises(CorruptStoreError, match="not UTF-8"):
+            archive.find("instance")
+
+
+def test_verify_and_reads_name_a_directory_where_a_segment_should_be(
+        store):
+    path = segment_path(store / "segments", 1)
+    path.unlink()
+    path.mkdir()
+
+    report = _verify(store)
+
+    (segment,) = [p for p in report.problems if p.kind == verify.SEGMENT]
+    assert segment.segment == 1
+    assert "is not a file" in segment.message
+    with Archive(store, readonly=True) as archive:
+        uid = _uid(corpus_bytes(CT_SMALL))
+        with pytest.raises(CorruptStoreError, match="is not a file"):
+            archive.get(uid)
+
+
+def test_verify_reports_segments_an_empty_index_does_not_list(store):
+    """An index made afresh beside segments that hold blocks (as a
+    writer did once after the index was lost) verified clean."""
+    shutil.rmtree(store / "index")
+    Index(store / "index", readonly=False).close()
+
+    report = _verify(store)
+
+    unlisted = {p.segment for p in report.problems
+                if p.kind == verify.UNLISTED_SEGMENT}
+    on_disk = {int(p.stem) for p in (store / "segments").glob("*.seg")}
+    assert unlisted == on_disk and len(on_disk) > 1

@@ -44,6 +44,7 @@ from pacsstore import parsing
 from pacsstore.errors import (
     ArchiveClosedError,
     ConflictError,
+    CorruptStoreError,
     DatasetMismatchError,
     MalformedDicomError,
     NewerFormatError,
@@ -207,6 +208,7 @@ class Archive:
         if not readonly and self._lock_fd is None:
             self._take_lock()
         try:
+            self._refuse_lost_index()
             self._index = Index(self.path / "index", readonly=readonly,
                                 map_size=map_size,
                                 max_map_size=max_map_size)
@@ -241,6 +243,9 @@ class Archive:
         self._check_marker(marker)
 
     def _check_marker(self, marker: Path) -> None:
+        if not marker.is_file():
+            raise NotAStoreError(f"{marker} is not a file; a store's "
+                                 f"marker is")
         raw = marker.read_bytes()
         if not raw.startswith(STORE_MAGIC):
             raise NotAStoreError(f"{marker} is not a pacsstore marker")
@@ -280,6 +285,27 @@ class Archive:
             raise
         log.info("created store %s", self.path)
 
+    def _refuse_lost_index(self) -> None:
+        """An index file missing or empty beside segments that hold
+        blocks is an index lost, not a store to start afresh: LMDB would
+        make a new, empty index there, after which the store would look
+        empty to every reader and to verify."""
+        data = self.path / "index" / "data.mdb"
+        if data.is_file() and data.stat().st_size > 0:
+            return
+        holding = [path.name for path in
+                   sorted((self.path / "segments").glob("*.seg"))
+                   if path.is_file()
+                   and path.stat().st_size > SEGMENT_HEADER_SIZE]
+        if holding:
+            state = "empty" if data.is_file() else "missing"
+            raise CorruptStoreError(
+                f"the index of {self.path} is lost ({data} is {state}) "
+                f"while its segments hold blocks ({', '.join(holding[:3])}"
+                f"{', ...' if len(holding) > 3 else ''}); nothing was "
+                f"changed: `pacsstore rebuild-index` builds the index "
+                f"again from the segments")
+
     def _refuse_foreign_directory(self) -> None:
         """Create a store only where nothing but a store, or the
         leftovers of creating one, would be overwritten."""
@@ -310,6 +336,10 @@ class Archive:
     def _take_lock(self) -> None:
         try:
             fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except IsADirectoryError:
+            raise NotAStoreError(
+                f"{self.path / 'lock'} is a directory; a store's lock is "
+                f"a file (empty), which the writer creates") from None
         except OSError as exc:
             if exc.errno not in _NOT_WRITABLE:
                 raise
@@ -545,9 +575,20 @@ class Archive:
         return open_stream(self._reader(sop_instance_uid))  # type: ignore
 
     def dataset(self, sop_instance_uid: str) -> Dataset:
-        """The instance as a pydicom Dataset."""
-        return pydicom.dcmread(io.BytesIO(self.get(sop_instance_uid)),
-                               force=True)
+        """The instance as a pydicom Dataset; MalformedDicomError when
+        pydicom cannot read the bytes stored (which get() returns)."""
+        data = self.get(sop_instance_uid)
+        try:
+            return pydicom.dcmread(io.BytesIO(data), force=True)
+        except (MemoryError, RecursionError):
+            raise
+        except Exception as exc:
+            # pydicom raises what its reader meets: OSError for an
+            # undefined length it cannot follow, ValueError, ...
+            raise MalformedDicomError(
+                f"instance {sop_instance_uid} is stored, but pydicom "
+                f"cannot read it: {type(exc).__name__}: {exc}; get() "
+                f"returns its bytes") from None
 
     def frame(self, sop_instance_uid: str, index: int, *,
               decode: bool = False) -> bytes | np.ndarray:

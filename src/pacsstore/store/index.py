@@ -59,8 +59,10 @@ import lmdb
 from pacsstore.errors import (
     AlreadyOpenError,
     ArchiveClosedError,
+    CorruptStoreError,
     NewerFormatError,
     OutOfSpaceError,
+    PacsstoreError,
     StoreFormatError,
 )
 from pacsstore.store.records import (
@@ -145,7 +147,17 @@ def key(value: str) -> bytes:
 
 
 def unkey(raw: bytes) -> str:
-    return "" if raw == b"\x00" else raw.decode("utf-8")
+    if raw == b"\x00":
+        return ""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # Every key pacsstore writes is UTF-8 (``key``).
+        raise CorruptStoreError(
+            f"the index holds a key that is not UTF-8 ({bytes(raw)!r}): "
+            f"the index is damaged; `pacsstore verify` says what else "
+            f"is, and `pacsstore rebuild-index` builds it again from the "
+            f"segments") from None
 
 
 class _Gate:
@@ -227,15 +239,44 @@ def _open_environment(path: Path, *, readonly: bool,
             map_size=map_size, max_dbs=len(DATABASES) + 1,
             max_readers=256, sync=True, metasync=True, lock=True,
             create=not readonly)
+    except _DAMAGE as exc:
+        raise _damaged(path, exc) from None
     except lmdb.Error as exc:
         # py-lmdb's own check (one environment per path per process),
         # which only its message tells apart from other lmdb.Errors.
         if "already open in this process" not in str(exc):
-            raise
+            raise PacsstoreError(
+                f"the index {path} cannot be opened: {exc}") from None
         raise AlreadyOpenError(
             f"the store at {path.parent} is already open in this process "
             f"by another Archive; use that Archive (it is thread-safe, "
             f"and reads too) or close it first") from None
+
+
+# What LMDB raises for a file that is not, or no longer, a sound index.
+_DAMAGE = (lmdb.InvalidError, lmdb.CorruptedError, lmdb.PageNotFoundError,
+           lmdb.VersionMismatchError, lmdb.BadRslotError,
+           lmdb.BadChecksumError, lmdb.IncompatibleError, lmdb.PanicError)
+
+
+def _damaged(path: Path, exc: lmdb.Error) -> CorruptStoreError:
+    return CorruptStoreError(
+        f"the index {path} cannot be opened: {exc}; it is damaged, and "
+        f"`pacsstore rebuild-index` builds it again from the segments")
+
+
+def _check_length(env: lmdb.Environment, path: Path) -> None:
+    """Refuse an index file shorter than the pages its last transaction
+    uses (a copy cut short): LMDB maps the file and would read past its
+    end, which the kernel answers with SIGBUS, killing the process."""
+    used = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = (path / "data.mdb").stat().st_size
+    if size < used:
+        raise CorruptStoreError(
+            f"the index file {path / 'data.mdb'} is {size} bytes, but its "
+            f"last transaction uses {used}: it was cut short (a copy gone "
+            f"wrong?); `pacsstore rebuild-index` builds it again from the "
+            f"segments")
 
 
 class Index:
@@ -254,10 +295,14 @@ class Index:
         self._decoded = _DecodedRecords()
         self.env = _open_environment(path, readonly=readonly,
                                      map_size=map_size)
-        if not readonly:
-            self._clear_stale_readers()
         try:
-            self._open()
+            _check_length(self.env, path)
+            if not readonly:
+                self._clear_stale_readers()
+            try:
+                self._open()
+            except _DAMAGE as exc:
+                raise _damaged(path, exc) from None
         except BaseException:
             # An index refused (newer, or waiting for its upgrade) must
             # not stay open: LMDB opens an environment once per process.

@@ -59,6 +59,8 @@ from pacsstore.errors import (
     CorruptStoreError,
     NewerFormatError,
     NotAStoreError,
+    PacsstoreError,
+    ReadOnlyStoreError,
     StoreLockedError,
 )
 from pacsstore.store import scan
@@ -137,10 +139,12 @@ def rebuild_index(path: str | os.PathLike, *,
     _check_marker(store)
     with _write_lock(store):
         _remove_unfinished(store)
+        recorded = _committed_before(store)
         building = Path(tempfile.mkdtemp(prefix=_BUILDING_PREFIX,
                                          dir=store))
         try:
-            report = _build(store, building, map_size, max_map_size)
+            report = _build(store, building, map_size, max_map_size,
+                            recorded)
         except BaseException:
             shutil.rmtree(building, ignore_errors=True)
             raise
@@ -185,7 +189,18 @@ def _check_marker(store: Path) -> None:
 def _write_lock(store: Path) -> Iterator[None]:
     """The lock a writing Archive holds (archive.py), so that no writer
     appends to the segments while they are read."""
-    fd = os.open(store / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(store / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except IsADirectoryError:
+        raise NotAStoreError(f"{store / 'lock'} is a directory; a store's "
+                             f"lock is a file") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        raise ReadOnlyStoreError(
+            exc.errno, f"{store} cannot be written here ({exc.strerror}); "
+                       f"rebuild-index writes a new index beside the old "
+                       f"one, so it needs the store writable") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -199,14 +214,37 @@ def _write_lock(store: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _committed_before(store: Path) -> dict[int, int] | None:
+    """The committed segment lengths the old index records, when it can
+    be read: the one record of what the segments held before, against
+    which the rebuild reports what it could not find. None when there is
+    no old index, or it cannot be opened (often why it is rebuilt)."""
+    try:
+        old = Index(store / "index", readonly=True)
+    except (PacsstoreError, lmdb.Error, OSError) as exc:
+        log.info("the old index is not compared with: %s", exc)
+        return None
+    try:
+        with old.read() as txn:
+            return old.segments(txn)
+    except (PacsstoreError, lmdb.Error) as exc:
+        log.info("the old index is not compared with: %s", exc)
+        return None
+    finally:
+        old.close()
+
+
 def _build(store: Path, building: Path, map_size: int,
-           max_map_size: int) -> RebuildReport:
+           max_map_size: int, recorded: dict[int, int] | None
+           ) -> RebuildReport:
     index = Index(building, readonly=False, map_size=map_size,
                   max_map_size=max_map_size)
     try:
         replay = _Replay(index)
         for number, path in scan.segment_files(store / "segments"):
             replay.segment(number, path)
+        if recorded is not None:
+            replay.compare(recorded)
         replay.finish()
     finally:
         index.close()
@@ -231,15 +269,20 @@ class _Replay:
         self.report = RebuildReport()
         self.batch: list[_Event] = []
         self.next_number = 1
+        # Each segment's committed length in the new index, and the
+        # numbers already reported (a gap, a damaged header).
+        self.lengths: dict[int, int] = {}
+        self.reported: set[int] = set()
 
     def segment(self, number: int, path: Path) -> None:
         self.note_gap(number)
         reason = scan.check_header(path, number)
         if reason is not None:
+            self.reported.add(number)
             self.report.problems.append(Problem(
                 SEGMENT, number, 0, None,
-                f"{reason}; the segment is left out of the index (the "
-                f"next writer moves it to recovered/)"))
+                f"{reason}; the segment is left out of the index, and "
+                f"stays in segments/ for repair"))
             return
         self.report.segments += 1
         length = HEADER_SIZE
@@ -251,10 +294,34 @@ class _Replay:
             if len(self.batch) >= _BATCH:
                 self.apply({})
         self.apply({number: length})
+        self.lengths[number] = length
         log.info("replayed segment %d (%d bytes)", number, length)
+
+    def compare(self, recorded: dict[int, int]) -> None:
+        """Report what the old index recorded committed and the segments
+        no longer hold: a newest segment deleted, or one cut short at a
+        block boundary, leave no trace in the segments themselves."""
+        for number, length in sorted(recorded.items()):
+            if number in self.reported:
+                continue
+            if number not in self.lengths:
+                self.report.problems.append(Problem(
+                    MISSING_SEGMENT, number, None, None,
+                    f"segment {number} is missing, and the old index "
+                    f"recorded {length} committed bytes in it: the "
+                    f"instances stored there are lost"))
+            elif self.lengths[number] < length:
+                end = self.lengths[number]
+                self.report.problems.append(Problem(
+                    SEGMENT, number, end, None,
+                    f"segment {number} ends at offset {end} with its "
+                    f"last intact block, but the old index recorded "
+                    f"{length} committed bytes: the blocks after offset "
+                    f"{end} are lost"))
 
     def note_gap(self, number: int) -> None:
         if number > self.next_number:
+            self.reported.update(range(self.next_number, number))
             missing = (f"{self.next_number}" if number == self.next_number + 1
                        else f"{self.next_number}-{number - 1}")
             self.report.problems.append(Problem(

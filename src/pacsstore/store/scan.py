@@ -93,6 +93,8 @@ def check_header(path: Path, number: int) -> str | None:
     """Why the segment header of ``path`` is unusable, or None when it is
     sound. A newer format version is raised, not returned: this version
     cannot judge what such a segment holds."""
+    if not path.is_file():
+        return f"{path} is not a file"
     with open(path, "rb") as handle:
         raw = handle.read(segments.HEADER_SIZE)
     try:

@@ -39,6 +39,7 @@ import itertools
 import logging
 import os
 import shutil
+import stat
 import struct
 import threading
 import time
@@ -142,7 +143,11 @@ def _segment_files(directory: Path) -> dict[int, Path]:
     alone (and said so): they are not the store's to judge or remove."""
     found = {}
     for path in directory.glob("*.seg"):
-        if path.stem.isdigit():
+        # The names readers open (segment_path), and only those: a
+        # writer that took ``1.seg`` for segment 1 would store beside a
+        # segment no reader finds.
+        if path.stem.isdigit() and \
+                path == segment_path(directory, int(path.stem)):
             found[int(path.stem)] = path
         else:
             log.warning("ignoring %s: not a segment file name", path)
@@ -174,13 +179,23 @@ class SegmentWriter:
         rather than deleted, because the same picture arises when the
         index is older than the segments (restored from a backup), and
         then they hold acknowledged data that a rebuild of the index
-        from the segments can still find."""
+        from the segments can still find. A segment the index does not
+        list below its newest is no crash's: it stays (above)."""
         on_disk = _segment_files(self.directory)
         self._check_unknown_segments(on_disk)
         for path in sorted(self.directory.glob(f"*{STREAM_SUFFIX}")):
             self._set_aside(path, 0)
             path.unlink()
+        newest = max(self.committed, default=0)
         for number, path in sorted(on_disk.items()):
+            if number not in self.committed and number < newest:
+                # No crash leaves this (a batch only starts segments past
+                # the newest): a segment a rebuild left out for a damaged
+                # header. It stays for repair; verify reports it.
+                log.warning("leaving %s alone: the index does not list "
+                            "it, and it is older than the newest segment",
+                            path)
+                continue
             if number not in self.committed:
                 self._set_aside(path, 0)
                 path.unlink()
@@ -545,10 +560,18 @@ class SegmentReader:
         path = segment_path(self.directory, number)
         try:
             fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise CorruptStoreError(
                 f"segment {path} is in the index but missing") from None
-        check_segment_header(os.pread(fd, HEADER_SIZE, 0), number, str(path))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise CorruptStoreError(
+                    f"segment {path} is in the index but is not a file")
+            check_segment_header(os.pread(fd, HEADER_SIZE, 0), number,
+                                 str(path))
+        except BaseException:
+            os.close(fd)
+            raise
         # Another thread may have raced us here; keep one descriptor.
         kept = self._fds.setdefault(number, fd)
         if kept != fd:

@@ -64,7 +64,7 @@ from pacsstore.store.records import (
     loads,
     record_defect,
 )
-from pacsstore.store.segments import SegmentReader, segment_path
+from pacsstore.store.segments import HEADER_SIZE, SegmentReader, segment_path
 from pacsstore.wording import counted
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 DAMAGED_BLOCK = "damaged-block"          # a block fails its own checks
 SEGMENT = "segment"                      # missing, unsound or too short
 MISSING_SEGMENT = "missing-segment"      # a gap in the segment numbers
+UNLISTED_SEGMENT = "unlisted-segment"    # a segment file the index lacks
 INSTANCE_DIGEST = "instance-digest"      # reads back to other bytes
 UNREADABLE_INSTANCE = "unreadable-instance"
 MISSING_BLOCK_ENTRY = "missing-block-entry"
@@ -289,15 +290,38 @@ class _Verification:
             if end is not None:
                 self.walk(number, end)
             log.info("verified the blocks of segment %d", number)
+        self.check_unlisted()
         self.scratch.index_places()
+
+    def check_unlisted(self) -> None:
+        """Segment files the index does not list, holding blocks: a
+        segment a rebuild left out (its header damaged), or segments
+        whose index was lost and made again empty. Their blocks are
+        read by nobody. The one number after the last listed is left
+        alone: a writer may be filling it for a batch not yet committed
+        (or a crash left one, which the next writer sets aside)."""
+        newest = max(self.committed, default=0)
+        for number, path in scan.segment_files(self.reader.directory):
+            if number in self.committed or (
+                    self.committed and number == newest + 1):
+                continue
+            size = path.stat().st_size if path.is_file() else 0
+            if size <= HEADER_SIZE:
+                continue
+            self.problem(UNLISTED_SEGMENT, number, None, None,
+                         f"segment file {path} holds {size} bytes but the "
+                         f"index does not list it: no read finds its "
+                         f"blocks (a segment a rebuild left out, or an "
+                         f"index lost and made again)")
 
     def usable_length(self, number: int, length: int) -> int | None:
         """How much of segment ``number`` can be walked (None: none)."""
         path = segment_path(self.reader.directory, number)
         if not path.is_file():
             self.lost_from[number] = 0
+            state = "is not a file" if path.exists() else "is missing"
             self.problem(SEGMENT, number, None, None,
-                         f"segment file {path} is missing; the index "
+                         f"segment file {path} {state}; the index "
                          f"records {length} committed bytes")
             return None
         reason = scan.check_header(path, number)
@@ -336,8 +360,15 @@ class _Verification:
     def check_instances(self) -> None:
         logical = 0
         for raw_key, raw in self.txn.cursor(db=self.index.db["instances"]):
-            uid = unkey(raw_key)
             self.report.instances += 1
+            try:
+                uid = unkey(raw_key)
+            except CorruptStoreError:
+                self.complete_records = False
+                self.problem(RECORD, None, None, None,
+                             f"an instance record's key is not UTF-8, so "
+                             f"not a SOP Instance UID: {bytes(raw_key)!r}")
+                continue
             record = self.load_record(uid, raw)
             if record is None:
                 self.complete_records = False
