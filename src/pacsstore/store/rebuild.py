@@ -241,8 +241,9 @@ def _build(store: Path, building: Path, map_size: int,
                   max_map_size=max_map_size)
     try:
         replay = _Replay(index)
-        for number, path in scan.segment_files(store / "segments"):
-            replay.segment(number, path)
+        found = scan.segment_files(store / "segments")
+        for number, path in found:
+            replay.segment(number, path, newest=number == found[-1][0])
         if recorded is not None:
             replay.compare(recorded)
         replay.finish()
@@ -274,15 +275,20 @@ class _Replay:
         self.lengths: dict[int, int] = {}
         self.reported: set[int] = set()
 
-    def segment(self, number: int, path: Path) -> None:
+    def segment(self, number: int, path: Path, *, newest: bool) -> None:
         self.note_gap(number)
         reason = scan.check_header(path, number)
         if reason is not None:
             self.reported.add(number)
+            # A writer sets aside only segments past the newest it
+            # lists (segments.SegmentWriter._recover).
+            fate = ("as the newest segment, the next writer sets it "
+                    "aside into recovered/, which nothing reads"
+                    if newest else "it stays in segments/ for repair")
             self.report.problems.append(Problem(
                 SEGMENT, number, 0, None,
                 f"{reason}; the segment is left out of the index, and "
-                f"stays in segments/ for repair"))
+                f"{fate}"))
             return
         self.report.segments += 1
         length = HEADER_SIZE

@@ -297,13 +297,14 @@ class _Verification:
         """Segment files the index does not list, holding blocks: a
         segment a rebuild left out (its header damaged), or segments
         whose index was lost and made again empty. Their blocks are
-        read by nobody. The one number after the last listed is left
-        alone: a writer may be filling it for a batch not yet committed
-        (or a crash left one, which the next writer sets aside)."""
+        read by nobody. Those numbered past the newest listed are left
+        alone: the writer's batches in flight fill them (several at
+        once, and more commit while verify runs), and a crash leaves
+        them, which the next writer sets aside."""
         newest = max(self.committed, default=0)
         for number, path in scan.segment_files(self.reader.directory):
             if number in self.committed or (
-                    self.committed and number == newest + 1):
+                    self.committed and number > newest):
                 continue
             size = path.stat().st_size if path.is_file() else 0
             if size <= HEADER_SIZE:
