@@ -180,7 +180,7 @@ class SegmentWriter:
         index is older than the segments (restored from a backup), and
         then they hold acknowledged data that a rebuild of the index
         from the segments can still find. A segment the index does not
-        list below its newest is no crash's: it stays (above)."""
+        list below its newest is no crash's: it stays where it is."""
         on_disk = _segment_files(self.directory)
         self._check_unknown_segments(on_disk)
         for path in sorted(self.directory.glob(f"*{STREAM_SUFFIX}")):

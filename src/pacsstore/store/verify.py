@@ -16,7 +16,8 @@ proves, for one consistent snapshot of the index:
 - every instance's manifest in the segments says what its index record
   says, so that a rebuild of the index would bring back the same store;
 - every segment the index lists is there, sound, and no shorter than
-  its committed length.
+  its committed length, and no segment file below the newest it lists
+  holds blocks it does not list.
 
 Each problem names the instance and the segment place it touches.
 Problems are reported, never repaired: verify opens nothing for writing
