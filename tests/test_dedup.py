@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 
 import pydicom
+import pytest
 
-from pacsstore import Archive
-from test_store_support import EMRI_10_FRAMES, corpus_bytes, corpus_path
+from pacsstore import Archive, CorruptStoreError, NotFoundError
+from test_store_support import (CT_SMALL, EMRI_10_FRAMES, corpus_bytes,
+                                corpus_path)
 
 
 def _relabelled(data: bytes, uid: str) -> bytes:
@@ -56,3 +58,41 @@ def test_dedup_storing_a_file_twice_adds_nothing(tmp_path):
         assert again.status == "duplicate" and again.bytes_written == 0
         assert archive.stats() == stats
         assert _segment_sizes(archive) == sizes
+
+
+def _damage_block(archive: Archive, name: bytes) -> None:
+    """Flip one payload byte of the stored block ``name``."""
+    with archive._index.read() as txn:
+        entry = archive._index.block(txn, name)
+    path = archive.path / "segments" / f"{entry.segment:08d}.seg"
+    with open(path, "r+b") as handle:
+        handle.seek(entry.offset + 64 + entry.stored_length // 2)
+        byte = handle.read(1)[0]
+        handle.seek(-1, io.SEEK_CUR)
+        handle.write(bytes([byte ^ 0x40]))
+
+
+def test_an_instance_sharing_a_damaged_stored_frame_is_not_stored(
+        tmp_path):
+    """It was acknowledged with its frames deduplicated onto the damaged
+    copy, and read damaged, though its sender had sent it whole."""
+    original = corpus_bytes(EMRI_10_FRAMES)
+    copy = _relabelled(original, "1.2.826.0.1.3680043.8.498.2")
+    with Archive(tmp_path / "s") as archive:
+        first = archive.store(original)
+        frame = bytes.fromhex(
+            archive.record(first.sop_instance_uid)["blocks"][3])
+        _damage_block(archive, frame)
+
+        with pytest.raises(CorruptStoreError, match="stored copy is "
+                                                    "damaged"):
+            archive.store(copy)
+        # Not the item's own fault: raised whatever skip_invalid says.
+        with pytest.raises(CorruptStoreError, match="stored copy is "
+                                                    "damaged"):
+            archive.store_many([copy, corpus_bytes(CT_SMALL)],
+                               skip_invalid=True)
+
+        with pytest.raises(NotFoundError):
+            archive.get("1.2.826.0.1.3680043.8.498.2")
+        assert archive.stats().dedup_saved_bytes == 0

@@ -377,7 +377,8 @@ class Archive:
             # segments/ (a no-op cost after the first open).
             for directory in (self.path / "index", self.path):
                 fsync_directory(directory)
-        self._committer = Committer(self._index, writer, self.on_conflict)
+        self._committer = Committer(self._index, writer, self.on_conflict,
+                                    self._segments)
 
     def close(self) -> None:
         """Commit what is pending, release the writer lock. Calls made

@@ -469,6 +469,14 @@ def _check_payload(header: BlockHeader, raw_header: bytes, payload: Buffer,
         raise _crc_error(header.crc32, crc, where)
 
 
+def check_stored(header: BlockHeader, raw_header: bytes, payload: Buffer,
+                 where: str) -> None:
+    """CorruptStoreError unless the payload is as long as the header says
+    and the CRC32 over both holds: the bytes on disk are the bytes
+    written, without the cost of decompressing and hashing them."""
+    _check_payload(header, raw_header, payload, where)
+
+
 def check_crc_of_raw(raw: Buffer, where: str) -> None:
     """CorruptStoreError unless the CRC32 at the end of the header of the
     block ``raw`` (its header and payload, read together) holds: for a

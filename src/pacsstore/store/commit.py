@@ -54,6 +54,7 @@ import lmdb
 from pacsstore.errors import (
     ArchiveClosedError,
     ConflictError,
+    CorruptStoreError,
     PacsstoreError,
 )
 from pacsstore.store import policy, results
@@ -64,7 +65,11 @@ from pacsstore.store.index import BlockEntry, Index
 from pacsstore.store.prepare import PlacedBlock, Prepared
 from pacsstore.store.records import instance_for_commit
 from pacsstore.store.results import StoreResult
-from pacsstore.store.segments import SegmentWriter, StreamSegments
+from pacsstore.store.segments import (
+    SegmentReader,
+    SegmentWriter,
+    StreamSegments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +122,14 @@ class Committer:
     """The single writer thread of an Archive."""
 
     def __init__(self, index: Index, writer: SegmentWriter,
-                 on_conflict: str) -> None:
+                 on_conflict: str, reader: SegmentReader) -> None:
         self._index = index
         self._writer = writer
+        self._reader = reader
         self._policy = on_conflict
+        # Blocks the batch being applied appended: not on disk before its
+        # flush, and just written, so not checked (_shared_damage).
+        self._appended: set[bytes] = set()
         self._cond = threading.Condition()
         self._queue: collections.deque[_Job] = collections.deque()
         self._closing = False
@@ -347,6 +356,7 @@ class Committer:
     def _apply_batch(self, txn: lmdb.Transaction, batch: list[_Job]
                      ) -> tuple[list[StoreResult | PacsstoreError],
                                 dict[int, int]]:
+        self._appended.clear()
         outcomes = [self._apply(txn, job.prepared) for job in batch]
         lengths: dict[int, int] = {}
         for job, outcome in zip(batch, outcomes):
@@ -374,6 +384,10 @@ class Committer:
                 return ConflictError(item.uid)
             if self._policy == policy.KEEP_FIRST:
                 return result_for(stored, results.KEPT_FIRST)
+        damage = self._shared_damage(txn, item)
+        if damage is not None:
+            return damage
+        if stored is not None:
             self._release(txn, stored)
             status = results.REPLACED
         if item.stream is not None:
@@ -386,6 +400,40 @@ class Committer:
         self._index.add_counter(txn, LOGICAL_BYTES, record["size"])
         return result_for(record, status, written=written,
                           deduplicated=deduplicated)
+
+    def _shared_damage(self, txn: lmdb.Transaction,
+                       item: Prepared) -> CorruptStoreError | None:
+        """Why ``item`` cannot take a reference on a block the store has
+        already: that block's bytes on disk are damaged. Without this
+        check the instance was acknowledged and read damaged, although
+        its sender had sent it whole; now it fails, and its sender keeps
+        it. Only frames stored before this batch are read, and only
+        their CRC32 checked (what a read checks first). A header block
+        (the first) names its SOP Instance UID, so it is shared only
+        with an earlier send of the same instance: a re-send of the same
+        dataset is a duplicate before this. A frame the prepare coded
+        was not in the index then: one that a batch since added is as
+        fresh as this one's, and is not read either, so that the usual
+        store, of frames the store has not seen, costs no lookup here."""
+        for name in item.digests[1:]:
+            if name in self._appended or name in item.encoded:
+                continue
+            entry = self._index.block(txn, name)
+            if entry is None:
+                continue
+            try:
+                self._reader.check_intact(entry.segment, entry.offset, name,
+                                          entry.stored_length)
+            except CorruptStoreError as exc:
+                log.error("not storing %s: it shares block %s, whose "
+                          "stored copy is damaged: %s", item.uid,
+                          name.hex(), exc)
+                return CorruptStoreError(
+                    f"instance {item.uid} is not stored: it shares block "
+                    f"{name.hex()} with instances stored before, and the "
+                    f"stored copy is damaged ({exc}); `pacsstore verify` "
+                    f"reports the damage")
+        return None
 
     def _add_blocks(self, txn: lmdb.Transaction,
                     item: Prepared) -> tuple[int, int]:
@@ -417,6 +465,7 @@ class Committer:
         segment, offset = self._writer.reserve(block.total_length)
         self._writer.append(segment, block.header)
         self._writer.append(segment, block.payload)
+        self._appended.add(block.digest)
         if refcount:
             self._index.put_block(txn, block.digest, BlockEntry(
                 segment, offset, block.raw_length, len(block.payload),
@@ -426,6 +475,7 @@ class Committer:
     def _index_placed(self, txn: lmdb.Transaction, placed: PlacedBlock,
                       stream: StreamSegments) -> int:
         """A block its stream already wrote (and synced) gets its entry."""
+        self._appended.add(placed.digest)
         self._index.put_block(txn, placed.digest, BlockEntry(
             stream.segment_of(placed.file), placed.offset, placed.raw_length,
             placed.stored_length, placed.kind, placed.codec, 1))

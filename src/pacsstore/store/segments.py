@@ -603,6 +603,15 @@ class SegmentReader:
             os.posix_fadvise(self._fd(number), offset, length,
                              os.POSIX_FADV_WILLNEED)
 
+    def check_intact(self, number: int, offset: int, expect: bytes,
+                     stored_length: int) -> None:
+        """CorruptStoreError unless the block the index places here is
+        there as written: its header as the index says, its CRC32
+        holding (blocks.check_stored)."""
+        header, raw, payload, where = self._read_checked(
+            number, offset, expect, stored_length)
+        blocks.check_stored(header, bytes(raw), payload, where)
+
     def read_onto(self, number: int, offset: int, expect: bytes,
                   stored_length: int, assembly: FileAssembly) -> None:
         """``read``, with the content written next into ``assembly``
