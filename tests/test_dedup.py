@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import io
 
 import pydicom
 import pytest
 
-from pacsstore import Archive, CorruptStoreError, NotFoundError
+from pacsstore import Archive, DamagedCopyError, NotFoundError
 from test_store_support import (CT_SMALL, EMRI_10_FRAMES, corpus_bytes,
                                 corpus_path)
 
@@ -84,15 +85,55 @@ def test_an_instance_sharing_a_damaged_stored_frame_is_not_stored(
             archive.record(first.sop_instance_uid)["blocks"][3])
         _damage_block(archive, frame)
 
-        with pytest.raises(CorruptStoreError, match="stored copy is "
-                                                    "damaged"):
+        with pytest.raises(DamagedCopyError, match="stored copy of its "
+                                                   "block .* is damaged"):
             archive.store(copy)
-        # Not the item's own fault: raised whatever skip_invalid says.
-        with pytest.raises(CorruptStoreError, match="stored copy is "
-                                                    "damaged"):
-            archive.store_many([copy, corpus_bytes(CT_SMALL)],
-                               skip_invalid=True)
+        with pytest.raises(DamagedCopyError):
+            archive.store_many([copy])
+        # The item's result with skip_invalid; the others are stored.
+        results = archive.store_many([copy, corpus_bytes(CT_SMALL)],
+                                     skip_invalid=True)
+        assert [r.status for r in results] == ["rejected", "stored"]
+        assert "is damaged" in results[0].error
 
         with pytest.raises(NotFoundError):
             archive.get("1.2.826.0.1.3680043.8.498.2")
         assert archive.stats().dedup_saved_bytes == 0
+
+
+def test_a_resend_onto_a_damaged_stored_copy_is_not_acknowledged(tmp_path):
+    """An identical re-send was a duplicate, a success, though its
+    stored copy read damaged; a replace took a reference on its damaged
+    header block. Both fail now, and the sender keeps its copy."""
+    original = corpus_bytes(EMRI_10_FRAMES)
+    ds = pydicom.dcmread(io.BytesIO(original))
+    ds.PixelData = ds.PixelData[:-2] + b"\x01\x00"
+    edited = io.BytesIO()
+    ds.save_as(edited, enforce_file_format=True)
+    with Archive(tmp_path / "s", on_conflict="replace") as archive:
+        uid = archive.store(original).sop_instance_uid
+        record = archive.record(uid)
+        _damage_block(archive, bytes.fromhex(record["blocks"][0]))
+        with pytest.raises(DamagedCopyError):
+            archive.store(original)
+        _damage_block(archive, bytes.fromhex(record["header"]))
+        with pytest.raises(DamagedCopyError, match=record["header"]):
+            archive.store(edited.getvalue())
+        assert archive.record(uid) == record
+
+
+def test_a_segment_that_cannot_be_read_refuses_only_the_sharing_instance(
+        tmp_path, monkeypatch):
+    """An I/O error (a bad sector) reading the stored copy failed the
+    whole batch, instances that share nothing included."""
+    original = corpus_bytes(EMRI_10_FRAMES)
+    copy = _relabelled(original, "1.2.826.0.1.3680043.8.498.3")
+    with Archive(tmp_path / "s") as archive:
+        archive.store(original)
+
+        def bad_sector(*args, **kwargs):
+            raise OSError(errno.EIO, "Input/output error")
+        monkeypatch.setattr(archive._segments, "check_intact", bad_sector)
+        results = archive.store_many([copy, corpus_bytes(CT_SMALL)],
+                                     skip_invalid=True)
+    assert [r.status for r in results] == ["rejected", "stored"]

@@ -105,6 +105,14 @@ class CorruptStoreError(StoreFormatError):
     """Stored bytes fail their checksum or digest."""
 
 
+class DamagedCopyError(CorruptStoreError):
+    """An instance not stored because the copy the store holds of a block
+    it brings is damaged (a frame it shares with instances stored before,
+    or the blocks of its earlier send): acknowledging it would promise
+    bytes the store does not hold. The sender keeps it; store_many with
+    skip_invalid gives it a rejected result."""
+
+
 class ArchiveClosedError(PacsstoreError):
     """The Archive was closed; a call made after (or racing with)
     ``close()`` gets this rather than an error of LMDB or of a closed

@@ -45,6 +45,7 @@ from pacsstore.errors import (
     ArchiveClosedError,
     ConflictError,
     CorruptStoreError,
+    DamagedCopyError,
     DatasetMismatchError,
     MalformedDicomError,
     NewerFormatError,
@@ -123,7 +124,8 @@ StoreInput = Union[bytes, bytearray, memoryview, str, os.PathLike, Dataset]
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
 # Errors that make one item invalid without saying anything about the
 # store: skip_invalid turns them into "rejected" results.
-_ITEM_ERRORS = (MalformedDicomError, NotStorableError, ConflictError)
+_ITEM_ERRORS = (MalformedDicomError, NotStorableError, ConflictError,
+                DamagedCopyError)
 
 
 # Errors that mean "this directory cannot be written", not a failure.

@@ -54,8 +54,9 @@ import lmdb
 from pacsstore.errors import (
     ArchiveClosedError,
     ConflictError,
-    CorruptStoreError,
+    DamagedCopyError,
     PacsstoreError,
+    StoreFormatError,
 )
 from pacsstore.store import policy, results
 from pacsstore.store.blocks import EncodedBlock
@@ -378,13 +379,20 @@ class Committer:
         if stored is not None:
             if same_content(stored, record):
                 crash_point("commit.resend")
+                # A success says the store holds it: so it must.
+                damage = self._damaged_copy(
+                    txn, item.uid, [bytes.fromhex(name) for name in
+                                    (stored["header"], *stored["blocks"])])
+                if damage is not None:
+                    return damage
                 return result_for(stored, results.DUPLICATE,
                                   deduplicated=stored["size"])
             if self._policy == policy.REJECT:
                 return ConflictError(item.uid)
             if self._policy == policy.KEEP_FIRST:
                 return result_for(stored, results.KEPT_FIRST)
-        damage = self._shared_damage(txn, item)
+        shared = self._shared(item, resent=stored is not None)
+        damage = self._damaged_copy(txn, item.uid, shared)
         if damage is not None:
             return damage
         if stored is not None:
@@ -401,38 +409,44 @@ class Committer:
         return result_for(record, status, written=written,
                           deduplicated=deduplicated)
 
-    def _shared_damage(self, txn: lmdb.Transaction,
-                       item: Prepared) -> CorruptStoreError | None:
-        """Why ``item`` cannot take a reference on a block the store has
-        already: that block's bytes on disk are damaged. Without this
-        check the instance was acknowledged and read damaged, although
-        its sender had sent it whole; now it fails, and its sender keeps
-        it. Only frames stored before this batch are read, and only
-        their CRC32 checked (what a read checks first). A header block
-        (the first) names its SOP Instance UID, so it is shared only
-        with an earlier send of the same instance: a re-send of the same
-        dataset is a duplicate before this. A frame the prepare coded
-        was not in the index then: one that a batch since added is as
-        fresh as this one's, and is not read either, so that the usual
-        store, of frames the store has not seen, costs no lookup here."""
-        for name in item.digests[1:]:
-            if name in self._appended or name in item.encoded:
-                continue
+    def _shared(self, item: Prepared, *, resent: bool) -> list[bytes]:
+        """The blocks of ``item`` that the store may hold already, whose
+        stored copy it would take a reference on. Not those this batch
+        appended (not on disk before its flush, and just written), nor
+        those the prepare coded, which the index did not have then (one
+        a batch since added is as fresh as this one's): so the usual
+        store, of frames the store has not seen, reads nothing here. The
+        header block (the first) names its SOP Instance UID, so it is
+        shared only with an earlier send of the same instance: checked
+        on a replace (``resent``), whether coded or not."""
+        return [name for position, name in enumerate(item.digests)
+                if name not in self._appended
+                and (resent or (position and name not in item.encoded))]
+
+    def _damaged_copy(self, txn: lmdb.Transaction, uid: str,
+                      names: list[bytes]) -> DamagedCopyError | None:
+        """Why instance ``uid`` cannot take (or keep) a reference on the
+        stored copies of ``names``: one of them is damaged on disk (its
+        CRC32, checked as a read checks it first, fails, or it cannot be
+        read). Without this an instance whose frame the store had already
+        was acknowledged and read damaged, though its sender had sent it
+        whole; now it fails, and its sender keeps it."""
+        for name in names:
             entry = self._index.block(txn, name)
             if entry is None:
                 continue
             try:
                 self._reader.check_intact(entry.segment, entry.offset, name,
                                           entry.stored_length)
-            except CorruptStoreError as exc:
-                log.error("not storing %s: it shares block %s, whose "
-                          "stored copy is damaged: %s", item.uid,
-                          name.hex(), exc)
-                return CorruptStoreError(
-                    f"instance {item.uid} is not stored: it shares block "
-                    f"{name.hex()} with instances stored before, and the "
-                    f"stored copy is damaged ({exc}); `pacsstore verify` "
-                    f"reports the damage")
+            except (StoreFormatError, OSError) as exc:
+                # StoreFormatError: a damaged segment header reads as
+                # no store's or a newer one's; OSError: a bad sector.
+                log.error("not storing %s: the stored copy of its block "
+                          "%s is damaged: %s", uid, name.hex(), exc)
+                return DamagedCopyError(
+                    f"instance {uid} is not stored: the stored copy of "
+                    f"its block {name.hex()} is damaged ({exc}); "
+                    f"`pacsstore verify` reports the damage")
         return None
 
     def _add_blocks(self, txn: lmdb.Transaction,
