@@ -137,3 +137,16 @@ def test_a_segment_that_cannot_be_read_refuses_only_the_sharing_instance(
         results = archive.store_many([copy, corpus_bytes(CT_SMALL)],
                                      skip_invalid=True)
     assert [r.status for r in results] == ["rejected", "stored"]
+
+
+def test_one_batch_that_sends_an_instance_twice_is_not_refused(tmp_path):
+    """The second send is a duplicate of blocks the same batch appended,
+    which are not on disk before its flush: reading their stored copy
+    refused it as damaged."""
+    data = corpus_bytes(EMRI_10_FRAMES)
+    copy = _relabelled(data, "1.2.826.0.1.3680043.8.498.4")
+    with Archive(tmp_path / "s") as archive:
+        results = archive.store_many([data, copy, data])
+        assert [r.status for r in results] == \
+            ["stored", "stored", "duplicate"]
+        assert archive.verify().problems == []

@@ -411,17 +411,15 @@ class Committer:
 
     def _shared(self, item: Prepared, *, resent: bool) -> list[bytes]:
         """The blocks of ``item`` that the store may hold already, whose
-        stored copy it would take a reference on. Not those this batch
-        appended (not on disk before its flush, and just written), nor
-        those the prepare coded, which the index did not have then (one
-        a batch since added is as fresh as this one's): so the usual
+        stored copy it would take a reference on. Not those the prepare
+        coded, which the index did not have then (one a batch since
+        added is as fresh as this one's): so the usual
         store, of frames the store has not seen, reads nothing here. The
         header block (the first) names its SOP Instance UID, so it is
         shared only with an earlier send of the same instance: checked
         on a replace (``resent``), whether coded or not."""
         return [name for position, name in enumerate(item.digests)
-                if name not in self._appended
-                and (resent or (position and name not in item.encoded))]
+                if resent or (position and name not in item.encoded)]
 
     def _damaged_copy(self, txn: lmdb.Transaction, uid: str,
                       names: list[bytes]) -> DamagedCopyError | None:
@@ -430,8 +428,12 @@ class Committer:
         CRC32, checked as a read checks it first, fails, or it cannot be
         read). Without this an instance whose frame the store had already
         was acknowledged and read damaged, though its sender had sent it
-        whole; now it fails, and its sender keeps it."""
+        whole; now it fails, and its sender keeps it. Blocks this batch
+        appended are not read: not on disk before its flush, and just
+        written (an instance sent twice in one batch shares them)."""
         for name in names:
+            if name in self._appended:
+                continue
             entry = self._index.block(txn, name)
             if entry is None:
                 continue
