@@ -129,7 +129,7 @@ class Committer:
         self._reader = reader
         self._policy = on_conflict
         # Blocks the batch being applied appended: not on disk before its
-        # flush, and just written, so not checked (_shared_damage).
+        # flush, and just written, so not read (_damaged_copy).
         self._appended: set[bytes] = set()
         self._cond = threading.Condition()
         self._queue: collections.deque[_Job] = collections.deque()
