@@ -64,7 +64,11 @@ from pacsstore.errors import (
     StoreLockedError,
 )
 from pacsstore.store import scan
-from pacsstore.store.archive import STORE_FORMAT_VERSION, STORE_MAGIC
+from pacsstore.store.archive import (
+    _NOT_WRITABLE,
+    STORE_FORMAT_VERSION,
+    STORE_MAGIC,
+)
 from pacsstore.store.blocks import Kind
 from pacsstore.store.commit import DEDUP_SAVED, LOGICAL_BYTES
 from pacsstore.store.hierarchy import link_instance, unlink_instance
@@ -195,7 +199,7 @@ def _write_lock(store: Path) -> Iterator[None]:
         raise NotAStoreError(f"{store / 'lock'} is a directory; a store's "
                              f"lock is a file") from None
     except OSError as exc:
-        if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+        if exc.errno not in _NOT_WRITABLE:
             raise
         raise ReadOnlyStoreError(
             exc.errno, f"{store} cannot be written here ({exc.strerror}); "
