@@ -368,7 +368,7 @@ def _with_header_bytes(block, version: int, codec: int) -> bytes:
 def test_an_unknown_codec_from_a_newer_writer_is_newer_format():
     block = blocks.encode(Kind.FRAME, b"frame" * 100, compressor=COMPRESSOR)
     header = _with_header_bytes(block, blocks.BLOCK_FORMAT_VERSION + 1, 9)
-    with pytest.raises(NewerFormatError, match="reads up to 4"):
+    with pytest.raises(NewerFormatError, match="reads up to 5"):
         blocks.parse_header(header, "segment 1 offset 32")
 
 
@@ -377,11 +377,11 @@ def test_an_unknown_codec_under_a_known_version_is_corruption():
     header = _with_header_bytes(block, blocks.BLOCK_FORMAT_VERSION, 9)
     with pytest.raises(CorruptStoreError,
                        match="segment 1 offset 32 has unknown kind 2 or "
-                             "codec 9 for its format version 4"):
+                             "codec 9 for its format version 5"):
         blocks.parse_header(header, "segment 1 offset 32")
 
 
-@pytest.mark.parametrize("version, codec", [(3, 4), (2, 3), (1, 2)])
+@pytest.mark.parametrize("version, codec", [(4, 5), (3, 4), (2, 3), (1, 2)])
 def test_a_codec_its_block_version_does_not_have_is_corruption(version,
                                                                codec):
     block = blocks.encode(Kind.FRAME, b"frame" * 100, compressor=COMPRESSOR)

@@ -38,8 +38,10 @@ from pacsstore.store.segments import HEADER_SIZE, segment_path
 from pacsstore.store.verify import (
     DAMAGED_BLOCK,
     INCOMPLETE_INSTANCE,
+    MISSING_BASE,
     MISSING_SEGMENT,
     SEGMENT,
+    UNINDEXED_BLOCK,
     UNLISTED_SEGMENT,
 )
 from test_store_support import (
@@ -318,13 +320,20 @@ def test_rebuild_leaves_out_a_segment_with_a_damaged_header(populated):
             assert archive.get(uid) == expected[uid]
         # Older than the newest segment, so no crash's leftover: the
         # writer leaves it for repair, and verify goes on reporting it.
-        (unlisted,) = archive.verify().problems
+        unlisted, *unindexed = archive.verify().problems
     assert 0 < len(kept) < len(expected)
-    assert {p.sop_instance_uid for p in report.problems[1:]} <= \
-        set(expected) - kept
+    assert {p.sop_instance_uid for p in report.problems[1:]
+            if p.kind != MISSING_BASE} <= set(expected) - kept
     assert path.read_bytes() == damaged
     assert not (store / "recovered").exists()
     assert (unlisted.kind, unlisted.segment) == (UNLISTED_SEGMENT, 2)
+    # Header blocks compressed against a base the lost segment held are
+    # left out with it, and verify finds them unindexed.
+    without_base = [(p.segment, p.offset) for p in report.problems
+                    if p.kind == MISSING_BASE]
+    assert without_base
+    assert [(p.kind, p.segment, p.offset) for p in unindexed] == \
+        [(UNINDEXED_BLOCK, *place) for place in without_base]
 
 
 def test_rebuild_reports_a_missing_segment_and_keeps_the_rest(populated):
@@ -368,9 +377,10 @@ def test_rebuild_reports_what_the_old_index_had_and_the_segments_lost(
 
     report = rebuild_index(store)
 
-    # The loss, and the instances it cut from their blocks, if any.
+    # The loss, and the instances it cut from their blocks (or their
+    # headers from the bases they are compressed against), if any.
     (problem,) = [p for p in report.problems
-                  if p.kind != INCOMPLETE_INSTANCE]
+                  if p.kind not in (INCOMPLETE_INSTANCE, MISSING_BASE)]
     kind = MISSING_SEGMENT if loss == "newest deleted" else SEGMENT
     assert (problem.kind, problem.segment) == (kind, number)
     assert "the old index recorded" in problem.message

@@ -60,6 +60,7 @@ from pacsstore.errors import (
 from pacsstore.filemeta import build_file_meta
 from pacsstore.pixels.decode import decode_frame
 from pacsstore.store import blocks, layout, policy, query, results
+from pacsstore.store.bases import BaseReader
 from pacsstore.store.commit import (
     DEDUP_SAVED,
     LOGICAL_BYTES,
@@ -69,6 +70,7 @@ from pacsstore.store.faults import crash_point
 from pacsstore.store.index import (
     DEFAULT_MAP_SIZE,
     DEFAULT_MAX_MAP_SIZE,
+    BlockEntry,
     Index,
 )
 from pacsstore.store.prepare import Prepared, Preparer
@@ -218,6 +220,7 @@ class Archive:
             self._release_lock()
             raise
         self._segments = SegmentReader(self.path / "segments")
+        self._bases = BaseReader(self._located, self._segments)
         self._preparer = Preparer(self._index, level)
         if not readonly:
             try:
@@ -380,7 +383,8 @@ class Archive:
             for directory in (self.path / "index", self.path):
                 fsync_directory(directory)
         self._committer = Committer(self._index, writer, self.on_conflict,
-                                    self._segments)
+                                    self._segments,
+                                    self._preparer.code_alone)
 
     def close(self) -> None:
         """Commit what is pending, release the writer lock. Calls made
@@ -543,7 +547,13 @@ class Archive:
     # Reading -----------------------------------------------------------------
 
     def _reader(self, uid: str) -> InstanceReader:
-        return InstanceReader(self._index, self._segments, _uid_arg(uid))
+        return InstanceReader(self._index, self._segments, _uid_arg(uid),
+                              bases=self._bases)
+
+    def _located(self, name: bytes) -> BlockEntry | None:
+        """The index entry of block ``name``, now."""
+        with self._index.read() as txn:
+            return self._index.block(txn, name)
 
     def get(self, sop_instance_uid: str) -> bytes:
         """The stored bytes of the instance, exactly."""
@@ -600,7 +610,8 @@ class Archive:
         ``decode``, the decoded pixels as a numpy array."""
         reader = InstanceReader(
             self._index, self._segments, _uid_arg(sop_instance_uid),
-            lambda record: _frame_blocks(record, index, decode))
+            lambda record: _frame_blocks(record, index, decode),
+            bases=self._bases)
         index = _frame_index(index)
         frame, prefix, syntax = _frame_of(reader, index, decode)
         if not decode:

@@ -3,7 +3,8 @@
 A block is a 64-byte header followed by its payload. The header says what
 the block holds (an instance's header, a frame, the whole pixel value of a
 non byte-aligned image, or an instance manifest), how the payload is coded
-(raw, zstd, or a pixel pre-filter then zstd), the SHA-256 of the
+(raw, zstd, zstd against another header block, or a pixel pre-filter
+then zstd), the SHA-256 of the
 *uncompressed* content, both lengths, and a CRC32 over the header and the
 payload.
 
@@ -22,6 +23,8 @@ Native frames of 16-bit samples go through the ``planes16`` filter
 the digest of the unfiltered content, so a frame is one block whichever
 codec stored it. A manifest (an instance record) is compressed against
 a frozen dictionary of what records repeat (store/record_dictionary.py).
+A header block may be compressed against another header block, its
+*base* (store/bases.py): the headers of one series repeat each other.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import hashlib
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import zstandard
@@ -57,12 +61,13 @@ from pacsstore.store.scratch import ThreadScratch
 Buffer = bytes | bytearray | memoryview
 
 BLOCK_MAGIC = b"PSBK"
-# Version 2 added the PLANES16_ZSTD codec, version 3 PLANES16_ZSTD_PER_PLANE.
+# Version 2 added the PLANES16_ZSTD codec, version 3 PLANES16_ZSTD_PER_PLANE,
+# version 4 ZSTD_RECORD, version 5 ZSTD_BASE.
 # A block carries the lowest version that can read it (see _VERSION_OF),
 # so an older reader still reads every block of a store whose codec it
 # knows, and refuses a newer one with NewerFormatError rather than
 # calling it damaged.
-BLOCK_FORMAT_VERSION = 4
+BLOCK_FORMAT_VERSION = 5
 
 # magic, version, kind, codec, flags, sha256, raw length, stored length,
 # reserved, crc32. The CRC covers the first 60 bytes and the payload.
@@ -97,11 +102,21 @@ class Codec(enum.IntEnum):
     # zstd against the frozen record dictionary (record_dictionary.py):
     # manifest blocks, which are instance records.
     ZSTD_RECORD = 4
+    # The name of another header block (its base), then zstd against
+    # that block's content as a raw dictionary: header blocks whose
+    # series already has a header stored (store/bases.py).
+    ZSTD_BASE = 5
 
 
 # The block format version each codec first appeared in.
 _VERSION_OF = {Codec.RAW: 1, Codec.ZSTD: 1, Codec.PLANES16_ZSTD: 2,
-               Codec.PLANES16_ZSTD_PER_PLANE: 3, Codec.ZSTD_RECORD: 4}
+               Codec.PLANES16_ZSTD_PER_PLANE: 3, Codec.ZSTD_RECORD: 4,
+               Codec.ZSTD_BASE: 5}
+# A ZSTD_BASE payload starts with the SHA-256 that names its base.
+BASE_NAME_BYTES = 32
+# Given a base's name, its verified content; CorruptStoreError when the
+# store cannot provide it (store/bases.py, BaseReader).
+BaseLookup = Callable[[bytes], bytes]
 # Codecs whose payload decompresses to the planes16 form of the content.
 _PLANES_CODECS = frozenset((Codec.PLANES16_ZSTD,
                             Codec.PLANES16_ZSTD_PER_PLANE))
@@ -381,9 +396,11 @@ def parse_header(raw: bytes, where: str) -> BlockHeader:
 
 
 def decode(header: BlockHeader, raw_header: bytes, payload: Buffer,
-           where: str) -> bytes:
+           where: str, base: BaseLookup | None = None) -> bytes:
     """Check the CRC, decompress, check the SHA-256; return the content.
-    Nothing returned aliases ``payload``."""
+    Nothing returned aliases ``payload``. ``base`` gives the content of
+    the base a ZSTD_BASE block names; such a block read without it is
+    refused."""
     if header.codec in _PLANES_CODECS:
         # Through the one native decoder that get() uses as well, so that
         # both read paths give a damaged block the same verdict.
@@ -392,9 +409,66 @@ def decode(header: BlockHeader, raw_header: bytes, payload: Buffer,
         _planes_onto(header, raw_header, payload, where, assembly)
         return assembly.finish()
     _check_payload(header, raw_header, payload, where)
-    content = _decompress(header, payload, where)
+    if header.codec is Codec.ZSTD_BASE:
+        content = _against_base(header, payload, where, base)
+    else:
+        content = _decompress(header, payload, where)
     _check_digest(header, content, where)
     return content
+
+
+def base_name(header: BlockHeader, payload: Buffer, where: str) -> bytes:
+    """The name of the base a ZSTD_BASE block (of kind header) was
+    compressed against: the first bytes of its payload. Only a payload
+    whose CRC32 held may be asked."""
+    if header.kind is not Kind.HEADER:
+        raise CorruptStoreError(
+            f"block at {where} is a {header.kind.name.lower()} block "
+            f"compressed against a base; only header blocks are")
+    if len(payload) <= BASE_NAME_BYTES:
+        raise CorruptStoreError(
+            f"block at {where} is compressed against a base but its "
+            f"{len(payload)}-byte payload cannot hold the base's name "
+            f"and a zstd frame")
+    return bytes(payload[:BASE_NAME_BYTES])
+
+
+def _against_base(header: BlockHeader, payload: Buffer, where: str,
+                  base: BaseLookup | None) -> bytes:
+    name = base_name(header, payload, where)
+    if base is None:
+        raise CorruptStoreError(
+            f"block at {where} is compressed against block {name.hex()}, "
+            f"which this read cannot look up")
+    content = _unzstd(zstandard.ZstdDecompressor(
+        dict_data=raw_dictionary(base(name))),
+        memoryview(payload)[BASE_NAME_BYTES:], header.raw_length, where)
+    if len(content) != header.raw_length:
+        raise CorruptStoreError(
+            f"block at {where} decodes to {len(content)} bytes; its "
+            f"header says {header.raw_length}")
+    return content
+
+
+def raw_dictionary(content: bytes) -> zstandard.ZstdCompressionDict:
+    """``content`` as zstd takes a base: history before the first byte of
+    what is compressed, not a trained dictionary."""
+    return zstandard.ZstdCompressionDict(
+        content, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+def code_against(content: Buffer, name: bytes,
+                 dictionary: zstandard.ZstdCompressionDict,
+                 level: int) -> Coded | None:
+    """``content`` compressed against the base ``name`` whose
+    ``dictionary`` (raw_dictionary) is given; None when that does not
+    save enough to be worth the base's read."""
+    packed = name + zstandard.ZstdCompressor(
+        level=level, dict_data=dictionary, write_content_size=True,
+        write_dict_id=False).compress(content)
+    if len(packed) <= len(content) * (1 - _MIN_SAVING):
+        return Coded(Codec.ZSTD_BASE, packed)
+    return None
 
 
 def _check_planes_fit(header: BlockHeader, raw_header: bytes,
@@ -522,6 +596,12 @@ def _planes_length_error(header: BlockHeader, found: int, length: int,
 def _decompress(header: BlockHeader, payload: Buffer, where: str) -> bytes:
     """The content of a raw or zstd block (planes16 blocks are decoded
     natively, _planes_onto)."""
+    if header.codec is Codec.ZSTD_BASE:
+        # Only decode() reads a base: a frame read onto an assembly
+        # never is one.
+        raise CorruptStoreError(
+            f"block at {where} is a header compressed against a base, "
+            f"read where a frame's content was expected")
     if header.codec is Codec.RAW:
         # A copy: the payload may be a reused read buffer.
         content = bytes(payload)

@@ -45,7 +45,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -58,8 +58,9 @@ from pacsstore.errors import (
     PacsstoreError,
     StoreFormatError,
 )
-from pacsstore.store import policy, results
-from pacsstore.store.blocks import EncodedBlock
+from pacsstore.store import blocks, policy, results
+from pacsstore.store.bases import usable_base
+from pacsstore.store.blocks import Codec, EncodedBlock
 from pacsstore.store.faults import crash_point
 from pacsstore.store.hierarchy import link_instance, unlink_instance
 from pacsstore.store.index import BlockEntry, Index
@@ -123,14 +124,23 @@ class Committer:
     """The single writer thread of an Archive."""
 
     def __init__(self, index: Index, writer: SegmentWriter,
-                 on_conflict: str, reader: SegmentReader) -> None:
+                 on_conflict: str, reader: SegmentReader,
+                 code_alone: Callable[[bytes, bytes, bytes], EncodedBlock]
+                 ) -> None:
         self._index = index
         self._writer = writer
         self._reader = reader
         self._policy = on_conflict
-        # Blocks the batch being applied appended: not on disk before its
-        # flush, and just written, so not read (_damaged_copy).
-        self._appended: set[bytes] = set()
+        # Codes a header block alone whose base is not stored (name,
+        # content, base): Preparer.code_alone.
+        self._code_alone = code_alone
+        # Blocks the batch being applied appended, with their codecs: not
+        # on disk before its flush, and just written, so not read
+        # (_damaged_copy, _base_stored).
+        self._appended: dict[bytes, int] = {}
+        # Bases of this batch's headers found committed, and whether
+        # their stored copies are intact: checked once a batch.
+        self._bases_intact: dict[bytes, bool] = {}
         self._cond = threading.Condition()
         self._queue: collections.deque[_Job] = collections.deque()
         self._closing = False
@@ -358,6 +368,7 @@ class Committer:
                      ) -> tuple[list[StoreResult | PacsstoreError],
                                 dict[int, int]]:
         self._appended.clear()
+        self._bases_intact.clear()
         outcomes = [self._apply(txn, job.prepared) for job in batch]
         lengths: dict[int, int] = {}
         for job, outcome in zip(batch, outcomes):
@@ -437,18 +448,31 @@ class Committer:
             entry = self._index.block(txn, name)
             if entry is None:
                 continue
-            try:
-                self._reader.check_intact(entry.segment, entry.offset, name,
-                                          entry.stored_length)
-            except (StoreFormatError, OSError) as exc:
-                # StoreFormatError: a damaged segment header reads as
-                # no store's or a newer one's; OSError: a bad sector.
+            damage = self._damage(txn, name, entry)
+            if damage is not None:
                 log.error("not storing %s: the stored copy of its block "
-                          "%s is damaged: %s", uid, name.hex(), exc)
+                          "%s is damaged: %s", uid, name.hex(), damage)
                 return DamagedCopyError(
                     f"instance {uid} is not stored: the stored copy of "
-                    f"its block {name.hex()} is damaged ({exc}); "
+                    f"its block {name.hex()} is damaged ({damage}); "
                     f"`pacsstore verify` reports the damage")
+        return None
+
+    def _damage(self, txn: lmdb.Transaction, name: bytes,
+                entry: BlockEntry) -> Exception | str | None:
+        """Why the stored copy of block ``name`` cannot be read as
+        written (its CRC32 fails, it cannot be read, or, for a header
+        compressed against a base, that base cannot), or None."""
+        try:
+            base = self._reader.check_intact(entry.segment, entry.offset,
+                                             name, entry.stored_length)
+        except (StoreFormatError, OSError) as exc:
+            # StoreFormatError: a damaged segment header reads as no
+            # store's or a newer one's; OSError: a bad sector.
+            return exc
+        if base is not None and not self._base_stored(txn, base):
+            return (f"the base it is compressed against, {base.hex()}, is "
+                    f"not stored intact")
         return None
 
     def _add_blocks(self, txn: lmdb.Transaction,
@@ -473,15 +497,57 @@ class Committer:
                 raise AssertionError(
                     f"block {name.hex()} was indexed when prepared but is "
                     f"missing now; blocks are never removed")
+            if block.codec is Codec.ZSTD_BASE:
+                block = self._with_stored_base(txn, item, block)
             written += self._append(txn, block, refcount=1)
         return written, deduplicated
+
+    def _with_stored_base(self, txn: lmdb.Transaction, item: Prepared,
+                          block: EncodedBlock) -> EncodedBlock:
+        """``block``, a header coded against a base, if that base is
+        stored and will stay readable; else the header coded alone. A
+        base is prepared beside the headers coded against it, and may
+        then not be stored (its instance refused, or in a later batch
+        than theirs: several associations at once), or may be stored
+        against a base itself (an instance sent again), or damaged."""
+        base = block.payload[:blocks.BASE_NAME_BYTES]
+        if self._base_stored(txn, base):
+            return block
+        if item.header_content is None:
+            raise AssertionError(f"instance {item.uid} has its header coded "
+                                 f"against a base but not its content")
+        log.info("coding the header of %s alone: its base %s is not "
+                 "stored", item.uid, base.hex())
+        alone = self._code_alone(block.digest, item.header_content, base)
+        item.encoded[block.digest] = alone
+        return alone
+
+    def _base_stored(self, txn: lmdb.Transaction, base: bytes) -> bool:
+        """Whether ``base`` is a block a header can be read against: one
+        stored on its own, appended by this batch before, or committed
+        with its stored copy intact."""
+        if base in self._appended:
+            return self._appended[base] != Codec.ZSTD_BASE
+        if base not in self._bases_intact:
+            self._bases_intact[base] = self._usable_committed(txn, base)
+        return self._bases_intact[base]
+
+    def _usable_committed(self, txn: lmdb.Transaction, base: bytes) -> bool:
+        entry = self._index.block(txn, base)
+        if entry is None or not usable_base(entry):
+            return False
+        damage = self._damage(txn, base, entry)
+        if damage is not None:
+            log.error("not using block %s as a base: its stored copy is "
+                      "damaged: %s", base.hex(), damage)
+        return damage is None
 
     def _append(self, txn: lmdb.Transaction, block: EncodedBlock, *,
                 refcount: int) -> int:
         segment, offset = self._writer.reserve(block.total_length)
         self._writer.append(segment, block.header)
         self._writer.append(segment, block.payload)
-        self._appended.add(block.digest)
+        self._appended[block.digest] = block.codec
         if refcount:
             self._index.put_block(txn, block.digest, BlockEntry(
                 segment, offset, block.raw_length, len(block.payload),
@@ -491,7 +557,7 @@ class Committer:
     def _index_placed(self, txn: lmdb.Transaction, placed: PlacedBlock,
                       stream: StreamSegments) -> int:
         """A block its stream already wrote (and synced) gets its entry."""
-        self._appended.add(placed.digest)
+        self._appended[placed.digest] = placed.codec
         self._index.put_block(txn, placed.digest, BlockEntry(
             stream.segment_of(placed.file), placed.offset, placed.raw_length,
             placed.stored_length, placed.kind, placed.codec, 1))

@@ -40,7 +40,8 @@ from pacsstore._digests import sha256_many
 from pacsstore._filters import PlanesEncoder
 from pacsstore.errors import MalformedDicomError, NotStorableError
 from pacsstore.store import blocks, layout
-from pacsstore.store.blocks import EncodedBlock, Kind
+from pacsstore.store.bases import HeaderBases
+from pacsstore.store.blocks import Codec, EncodedBlock, Kind
 from pacsstore.store.index import Index
 from pacsstore.store.records import MAX_KEY_BYTES, dumps
 from pacsstore.store.segments import StreamSegments
@@ -114,6 +115,10 @@ class Prepared:
     # instance still to name (its digests, and the record's), to code,
     # and to encode with its manifest.
     unnamed: Unnamed | None = None
+    # The header block's content when it is coded against a base: the
+    # committer codes it alone instead if that base is not stored by
+    # then (store/bases.py).
+    header_content: bytes | None = None
 
     @property
     def size(self) -> int:
@@ -175,6 +180,7 @@ class Preparer:
     def __init__(self, index: Index, compression_level: int) -> None:
         self._index = index
         self._level = compression_level
+        self._bases = HeaderBases(compression_level)
         self._local = threading.local()
         self._aside: ThreadPoolExecutor | None = None
         self._aside_lock = threading.Lock()
@@ -287,10 +293,11 @@ class Preparer:
         items = [p for p in items if p.unnamed is not None]
         _name_together(items)
         present = self._frames_present(items)
+        headers = self._headers_against_bases(items)
         wanted: dict[bytes, blocks.Unencoded] = {}
         for prepared in items:
             for block in _blocks_to_code(prepared):
-                if block.name not in present:
+                if block.name not in present and block.name not in headers:
                     wanted.setdefault(block.name, block)
         manifests = []
         for prepared in items:
@@ -301,13 +308,36 @@ class Preparer:
         encoded = blocks.encode_together(
             [*wanted.values(), *manifests], compressor=self._compressor(),
             threads=TOGETHER_THREADS, planes_encoder=self._planes_encoder())
-        by_name = dict(zip(wanted, encoded))
+        by_name = {**headers, **dict(zip(wanted, encoded))}
         for prepared, manifest in zip(items, encoded[len(wanted):]):
             prepared.encoded = {name: by_name[name]
                                 for name in prepared.digests
                                 if name in by_name}
+            _keep_header_content(prepared, _unnamed(prepared).parts.header)
             prepared.manifest = manifest
             prepared.unnamed = None
+
+    def _headers_against_bases(self, items: list[Prepared]
+                               ) -> dict[bytes, EncodedBlock]:
+        """The header blocks of ``items`` that their series' bases code
+        (store/bases.py), one by one; the rest are coded with the chunk,
+        and become bases themselves. In order, so that an instance can
+        take the base of one before it in the chunk."""
+        coded: dict[bytes, EncodedBlock] = {}
+        seen: set[bytes] = set()
+        for prepared in items:
+            name, content = prepared.digests[0], _unnamed(prepared).parts.header
+            if name in seen:
+                continue
+            seen.add(name)
+            found = self._bases.code(prepared.record, name, content,
+                                     functools.partial(
+                                         blocks.code, Kind.HEADER, content,
+                                         compressor=self._compressor()))
+            if found is not None:
+                coded[name] = blocks.seal(Kind.HEADER, name, len(content),
+                                          found)
+        return coded
 
     def _frames_present(self, items: list[Prepared]) -> set[bytes]:
         """The frames of ``items`` that the index has, looked up in one
@@ -350,18 +380,38 @@ class Preparer:
         compressor = self._compressor()
         planes = self._planes_encoder()
         sample_bytes = _sample_bytes(record)
-        contents = [parts.header, *parts.blocks]
         kinds = _kinds_of(parts)
-        return [blocks.code(kind, content, compressor=compressor,
-                            sample_bytes=sample_bytes,
-                            planes_encoder=planes)
-                for kind, content in zip(kinds, contents)]
+        header = self._header_coded(record, blocks.digest(parts.header),
+                                    parts.header)
+        return [header, *(blocks.code(kind, content, compressor=compressor,
+                                      sample_bytes=sample_bytes,
+                                      planes_encoder=planes)
+                          for kind, content in zip(kinds[1:], parts.blocks))]
+
+    def _header_coded(self, record: dict[str, Any], name: bytes,
+                      content: blocks.Buffer) -> blocks.Coded:
+        """The header block coded against its series' base, or alone
+        (store/bases.py)."""
+        alone = functools.partial(blocks.code, Kind.HEADER, content,
+                                  compressor=self._compressor())
+        return self._bases.code(record, name, content, alone) or alone()
+
+    def code_alone(self, name: bytes, content: blocks.Buffer,
+                   base: bytes) -> EncodedBlock:
+        """The header block ``name`` coded alone after all: the committer
+        found its base ``base`` not stored (store/bases.py), and it is
+        forgotten as a base."""
+        self._bases.forget(base)
+        return blocks.encode(Kind.HEADER, content,
+                             compressor=self._compressor(), name=name)
 
     def _compress_missing(self, prepared: Prepared, parts: layout.Split,
-                          coded: list[blocks.Coded] | None = None) -> None:
+                          coded: list[blocks.Coded] | None = None, *,
+                          bases: bool = True) -> None:
         """Put into ``prepared.encoded`` the blocks the index lacks:
         sealed from ``coded`` when the caller coded them already, else
-        compressed now."""
+        compressed now; the header block against its series' base
+        unless ``bases`` is false."""
         contents = [parts.header, *parts.blocks]
         with self._index.read() as txn:
             missing = [i for i, d in enumerate(prepared.digests)
@@ -373,14 +423,19 @@ class Preparer:
             name, kind = prepared.digests[i], prepared.kinds[i]
             if name in prepared.encoded:
                 continue
-            if coded is None:
+            if coded is not None:
+                block = blocks.seal(kind, name, len(contents[i]), coded[i])
+            elif kind is Kind.HEADER and bases:
+                block = blocks.seal(kind, name, len(contents[i]),
+                                    self._header_coded(prepared.record, name,
+                                                       contents[i]))
+            else:
                 block = blocks.encode(kind, contents[i],
                                       compressor=compressor, name=name,
                                       sample_bytes=sample_bytes,
                                       planes_encoder=planes)
-            else:
-                block = blocks.seal(kind, name, len(contents[i]), coded[i])
             prepared.encoded[name] = block
+        _keep_header_content(prepared, parts.header)
 
     def plan_stream(self, fd: int, name: str) -> StreamPlan | None:
         """Parse a large file through a read-only mapping, which brings
@@ -443,14 +498,24 @@ class Preparer:
                          [len(contents[i]) for i in fresh],
                          [kinds[i] for i in fresh])
         picked = [contents[i] for i in fresh]
+        # A large instance's header is not coded against a base: it lies
+        # in the stream's own segments, and is rarely one of a series.
         self._compress_missing(chunk, layout.Split(
             picked[0], picked[1:], [], record["layout"], len(picked),
-            record["frame_bits"]))
+            record["frame_bits"]), bases=False)
         for block in chunk.encoded.values():
             file, offset = stream.append(block)
             placed[block.digest] = PlacedBlock(
                 block.digest, block.kind, block.codec, block.raw_length,
                 len(block.payload), file, offset)
+
+
+def _keep_header_content(prepared: Prepared, header: blocks.Buffer) -> None:
+    """Keep a copy of the header block's content when it is coded
+    against a base (Prepared.header_content)."""
+    block = prepared.encoded.get(prepared.digests[0])
+    if block is not None and block.codec is Codec.ZSTD_BASE:
+        prepared.header_content = bytes(header)
 
 
 def _record_bytes(prepared: Prepared) -> bytes:

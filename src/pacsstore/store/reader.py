@@ -15,6 +15,10 @@ three.
 
 The stream holds the header block and one frame block at a time: a
 multi-gigabyte instance streams in the memory of its largest frame.
+
+A header block compressed against a base (store/bases.py) is read with
+the base, which ``bases`` looks up and keeps for the next header of its
+series.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 from pacsstore._assemble import FileAssembly
 from pacsstore.errors import CorruptStoreError, NotFoundError
 from pacsstore.store import layout
-from pacsstore.store.blocks import HEADER_SIZE
+from pacsstore.store.blocks import HEADER_SIZE, BaseLookup
 from pacsstore.store.index import BlockEntry, Index
 from pacsstore.store.segments import SegmentReader
 
@@ -46,8 +50,9 @@ class InstanceReader:
     def __init__(self, index: Index, segments: SegmentReader,
                  uid: str,
                  select: Callable[[dict[str, Any]], Iterable[int]]
-                 | None = None) -> None:
+                 | None = None, *, bases: BaseLookup | None = None) -> None:
         self._segments = segments
+        self._bases = bases
         with index.read() as txn:
             record = index.instance_to_read(txn, uid)
             if record is None:
@@ -100,7 +105,7 @@ class InstanceReader:
         _, content = self._segments.read(
             entry.segment, entry.offset,
             expect=bytes.fromhex(self._names[position]),
-            stored_length=entry.stored_length)
+            stored_length=entry.stored_length, base=self._bases)
         return content
 
     def header(self) -> bytes:

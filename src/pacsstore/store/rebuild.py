@@ -69,6 +69,7 @@ from pacsstore.store.archive import (
     STORE_FORMAT_VERSION,
     STORE_MAGIC,
 )
+from pacsstore.store.bases import usable_base
 from pacsstore.store.blocks import Kind
 from pacsstore.store.commit import DEDUP_SAVED, LOGICAL_BYTES
 from pacsstore.store.hierarchy import link_instance, unlink_instance
@@ -83,6 +84,7 @@ from pacsstore.store.segments import HEADER_SIZE, fsync_directory
 from pacsstore.store.verify import (
     DAMAGED_BLOCK,
     INCOMPLETE_INSTANCE,
+    MISSING_BASE,
     MISSING_SEGMENT,
     RECORD,
     SEGMENT,
@@ -260,6 +262,7 @@ def _build(store: Path, building: Path, map_size: int,
 class _Block(NamedTuple):
     digest: bytes
     entry: BlockEntry
+    base: bytes | None      # what a header compressed against one names
 
 
 # In segment order: a block's entry, a manifest (whole), or damage.
@@ -350,7 +353,7 @@ class _Replay:
             problems: list[Problem] = []
             for event in events:
                 if isinstance(event, _Block):
-                    self.add_block(txn, event)
+                    self.add_block(txn, event, problems)
                 elif isinstance(event, scan.Damaged):
                     problems.append(_damage_problem(event))
                 else:
@@ -360,11 +363,25 @@ class _Replay:
 
         self.report.problems += self.index.write(work)
 
-    def add_block(self, txn: lmdb.Transaction, block: _Block) -> None:
+    def add_block(self, txn: lmdb.Transaction, block: _Block,
+                  problems: list[Problem]) -> None:
         """A block keeps its first intact place: the one the writer
-        recorded (a digest is written once, dedup sees to that)."""
-        if self.index.block(txn, block.digest) is None:
-            self.index.put_block(txn, block.digest, block.entry)
+        recorded (a digest is written once, dedup sees to that). A
+        header compressed against a base comes after its base in the
+        segments (the committer appends or finds the base first), so a
+        base not replayed before it is lost, and the header with it."""
+        if self.index.block(txn, block.digest) is not None:
+            return
+        if block.base is not None and \
+                not usable_base(self.index.block(txn, block.base)):
+            problems.append(Problem(
+                MISSING_BASE, block.entry.segment, block.entry.offset, None,
+                f"header block {block.digest.hex()} is compressed against "
+                f"block {block.base.hex()}, which no segment before it "
+                f"holds intact: it cannot be read, and the instance that "
+                f"uses it is left out"))
+            return
+        self.index.put_block(txn, block.digest, block.entry)
 
     def replay_manifest(self, txn: lmdb.Transaction, found: scan.Intact,
                         problems: list[Problem]) -> None:
@@ -432,7 +449,7 @@ def _event(found: scan.Intact | scan.Damaged) -> _Event:
         return found
     return _Block(header.digest, BlockEntry(
         found.segment, found.offset, header.raw_length,
-        header.stored_length, header.kind, header.codec, 0))
+        header.stored_length, header.kind, header.codec, 0), found.base)
 
 
 def _manifest_record(found: scan.Intact,

@@ -5,6 +5,10 @@ than through the index, because they exist for the day the index and the
 segments disagree. The walk checks every block as a read does (magic,
 version, CRC32, decompression, SHA-256 against the block's name) and
 yields either the verified block or the damaged stretch it had to skip.
+A header block compressed against a base (store/bases.py) is checked up
+to its CRC32 and yielded with its base's name: its content needs the
+base, which the index locates; verify reads it back whole with its
+instance.
 
 Every length read from the segment is hostile: a block's stated size is
 checked against the end of the walk before it sizes a read. After a
@@ -33,7 +37,7 @@ from pacsstore.errors import (
     NotAStoreError,
 )
 from pacsstore.store import blocks, segments
-from pacsstore.store.blocks import BlockHeader
+from pacsstore.store.blocks import BlockHeader, Codec
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +53,15 @@ _U64, _U32 = struct.Struct("<Q"), struct.Struct("<I")
 
 @dataclass(frozen=True)
 class Intact:
-    """A block that passed every check, with its content."""
+    """A block that passed every check, with its content; for a block
+    compressed against a base, the base's name instead (``base``) and no
+    content."""
 
     segment: int
     offset: int
     header: BlockHeader
     content: bytes
+    base: bytes | None = None
 
     @property
     def end(self) -> int:
@@ -149,6 +156,10 @@ def _read_block(fd: int, number: int, offset: int,
     payload = os.pread(fd, header.stored_length,
                        offset + blocks.HEADER_SIZE)
     try:
+        if header.codec is Codec.ZSTD_BASE:
+            blocks.check_stored(header, raw, payload, where)
+            return Intact(number, offset, header, b"",
+                          blocks.base_name(header, payload, where))
         content = blocks.decode(header, raw, payload, where)
     except CorruptStoreError as exc:
         return _Failure(offset, str(exc), header)

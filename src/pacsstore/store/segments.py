@@ -587,12 +587,19 @@ class SegmentReader:
 
     def read(self, number: int, offset: int,
              expect: bytes | None = None,
-             stored_length: int | None = None) -> tuple[BlockHeader, bytes]:
+             stored_length: int | None = None,
+             base: blocks.BaseLookup | None = None
+             ) -> tuple[BlockHeader, bytes]:
         """The verified content of the block at (segment, offset);
-        ``expect`` and ``stored_length`` are what the index says of it."""
+        ``expect`` and ``stored_length`` are what the index says of it,
+        ``base`` looks up the base of a header compressed against one."""
         header, raw, payload, where = self._read_checked(
             number, offset, expect, stored_length)
-        return header, blocks.decode(header, raw, payload, where)
+        if header.codec is blocks.Codec.ZSTD_BASE:
+            # The base's read takes this thread's read buffer, which
+            # holds this block: a copy, of a header block's few KB.
+            raw, payload = memoryview(bytes(raw)), memoryview(bytes(payload))
+        return header, blocks.decode(header, raw, payload, where, base)
 
     def will_need(self, number: int, offset: int, length: int) -> None:
         """Tell the kernel these bytes will be read soon, so that a read
@@ -604,13 +611,17 @@ class SegmentReader:
                              os.POSIX_FADV_WILLNEED)
 
     def check_intact(self, number: int, offset: int, expect: bytes,
-                     stored_length: int) -> None:
+                     stored_length: int) -> bytes | None:
         """CorruptStoreError unless the block the index places here is
         there as written: its header as the index says, its CRC32
-        holding (blocks.check_stored)."""
+        holding (blocks.check_stored). Returns the name of its base for
+        a header compressed against one, which it needs as well."""
         header, raw, payload, where = self._read_checked(
             number, offset, expect, stored_length)
         blocks.check_stored(header, bytes(raw), payload, where)
+        if header.codec is blocks.Codec.ZSTD_BASE:
+            return blocks.base_name(header, payload, where)
+        return None
 
     def read_onto(self, number: int, offset: int, expect: bytes,
                   stored_length: int, assembly: FileAssembly) -> None:

@@ -51,6 +51,7 @@ import lmdb
 
 from pacsstore.errors import CorruptStoreError, StoreFormatError
 from pacsstore.store import blocks, layout, scan
+from pacsstore.store.bases import BaseReader
 from pacsstore.store.blocks import BlockHeader, Kind
 from pacsstore.store.commit import DEDUP_SAVED, LOGICAL_BYTES
 from pacsstore.store.index import (
@@ -80,6 +81,7 @@ UNREADABLE_INSTANCE = "unreadable-instance"
 MISSING_BLOCK_ENTRY = "missing-block-entry"
 BLOCK_ENTRY = "block-entry"              # an unusable index entry
 INCOMPLETE_INSTANCE = "incomplete-instance"  # rebuild: blocks lost
+MISSING_BASE = "missing-base"            # rebuild: a header's base lost
 REFCOUNT = "refcount"
 MISPLACED_BLOCK = "misplaced-block"
 UNINDEXED_BLOCK = "unindexed-block"
@@ -257,6 +259,11 @@ class _Verification:
                  reader: SegmentReader, scratch: _Scratch) -> None:
         self.index, self.txn = index, txn
         self.reader, self.scratch = reader, scratch
+        # Header blocks compressed against a base are read with it, as
+        # get() reads them, located in this snapshot.
+        self.bases = BaseReader(
+            lambda name: _entry_of(txn.get(name, db=index.db["blocks"])),
+            reader)
         self.report = VerifyReport()
         # Places already reported lost with their whole segment: an
         # unusable segment, or the part of one past its file's end.
@@ -434,7 +441,8 @@ class _Verification:
             entry = reading[0] = entries[position]
             return self.reader.read(entry.segment, entry.offset,
                                     expect=names[position],
-                                    stored_length=entry.stored_length)[1]
+                                    stored_length=entry.stored_length,
+                                    base=self.bases)[1]
 
         digest, size = hashlib.sha256(), 0
         try:
@@ -617,6 +625,11 @@ def _entry(raw: bytes) -> BlockEntry | None:
         return BlockEntry.decode(raw)
     except struct.error:
         return None
+
+
+def _entry_of(raw: bytes | None) -> BlockEntry | None:
+    """The block entry of ``raw`` when there is one and it is sound."""
+    return None if raw is None else _entry(raw)
 
 
 def _manifest_place(record: dict[str, Any]) -> tuple[int, int] | None:
