@@ -215,14 +215,16 @@ def _decode(block, lookup):
 def test_a_header_against_a_base_reads_only_with_that_base():
     block, base, content = _against_a_base()
     assert block.codec == Codec.ZSTD_BASE
-    assert _decode(block, lambda name: base) == content
+    def against(content):
+        return lambda name: blocks.decompressor_against(content)
+    with pytest.raises(CorruptStoreError):
+        _decode(block, against(b"another base" * 100))
+    assert _decode(block, against(base)) == content
     with pytest.raises(CorruptStoreError, match="cannot look up"):
         _decode(block, None)
-    with pytest.raises(CorruptStoreError):
-        _decode(block, lambda name: b"another base" * 100)
     frame, _, _ = _against_a_base(Kind.FRAME)
     with pytest.raises(CorruptStoreError, match="only header blocks"):
-        _decode(frame, lambda name: base)
+        _decode(frame, against(base))
 
 
 def test_a_base_stored_against_a_base_is_refused(tmp_path):

@@ -114,9 +114,10 @@ _VERSION_OF = {Codec.RAW: 1, Codec.ZSTD: 1, Codec.PLANES16_ZSTD: 2,
                Codec.ZSTD_BASE: 5}
 # A ZSTD_BASE payload starts with the SHA-256 that names its base.
 BASE_NAME_BYTES = 32
-# Given a base's name, its verified content; CorruptStoreError when the
-# store cannot provide it (store/bases.py, BaseReader).
-BaseLookup = Callable[[bytes], bytes]
+# Given a base's name, a decompressor against its verified content
+# (decompressor_against); CorruptStoreError when the store cannot provide
+# it (store/bases.py, BaseReader).
+BaseLookup = Callable[[bytes], zstandard.ZstdDecompressor]
 # Codecs whose payload decompresses to the planes16 form of the content.
 _PLANES_CODECS = frozenset((Codec.PLANES16_ZSTD,
                             Codec.PLANES16_ZSTD_PER_PLANE))
@@ -440,9 +441,8 @@ def _against_base(header: BlockHeader, payload: Buffer, where: str,
         raise CorruptStoreError(
             f"block at {where} is compressed against block {name.hex()}, "
             f"which this read cannot look up")
-    content = _unzstd(zstandard.ZstdDecompressor(
-        dict_data=raw_dictionary(base(name))),
-        memoryview(payload)[BASE_NAME_BYTES:], header.raw_length, where)
+    content = _unzstd(base(name), memoryview(payload)[BASE_NAME_BYTES:],
+                      header.raw_length, where)
     if len(content) != header.raw_length:
         raise CorruptStoreError(
             f"block at {where} decodes to {len(content)} bytes; its "
@@ -455,6 +455,12 @@ def raw_dictionary(content: bytes) -> zstandard.ZstdCompressionDict:
     what is compressed, not a trained dictionary."""
     return zstandard.ZstdCompressionDict(
         content, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+def decompressor_against(base: bytes) -> zstandard.ZstdDecompressor:
+    """A decompression context for payloads compressed against the base
+    whose content is ``base``; not to be shared by threads at once."""
+    return zstandard.ZstdDecompressor(dict_data=raw_dictionary(base))
 
 
 def code_against(content: Buffer, name: bytes,
