@@ -491,17 +491,24 @@ def _check_planes_fit(header: BlockHeader, raw_header: bytes,
 
 
 def decode_onto(header: BlockHeader, raw_header: bytes, payload: Buffer,
-                where: str, assembly: FileAssembly) -> None:
+                where: str, assembly: FileAssembly,
+                base: BaseLookup | None = None) -> None:
     """``decode``, with the content written next into ``assembly``
     instead of returned: a planes16 frame is checked and inverted
     straight into it by one native call. The SHA-256 is checked on the
     bytes where they now lie; on damage the assembly holds a part of the
-    content, and must be dropped."""
+    content, and must be dropped. A frame may be a header block stored
+    against a base: dedup stores equal bytes once, whatever their role
+    in each instance."""
     if header.codec in _PLANES_CODECS:
         _planes_onto(header, raw_header, payload, where, assembly)
         return
     _check_payload(header, raw_header, payload, where)
-    written = assembly.append(_decompress(header, payload, where))
+    if header.codec is Codec.ZSTD_BASE:
+        content = _against_base(header, payload, where, base)
+    else:
+        content = _decompress(header, payload, where)
+    written = assembly.append(content)
     _check_digest(header, written, where)
 
 
@@ -602,12 +609,6 @@ def _planes_length_error(header: BlockHeader, found: int, length: int,
 def _decompress(header: BlockHeader, payload: Buffer, where: str) -> bytes:
     """The content of a raw or zstd block (planes16 blocks are decoded
     natively, _planes_onto)."""
-    if header.codec is Codec.ZSTD_BASE:
-        # Only decode() reads a base: a frame read onto an assembly
-        # never is one.
-        raise CorruptStoreError(
-            f"block at {where} is a header compressed against a base, "
-            f"read where a frame's content was expected")
     if header.codec is Codec.RAW:
         # A copy: the payload may be a reused read buffer.
         content = bytes(payload)

@@ -60,7 +60,7 @@ from pacsstore.errors import (
 )
 from pacsstore.store import blocks, policy, results
 from pacsstore.store.bases import usable_base
-from pacsstore.store.blocks import Codec, EncodedBlock
+from pacsstore.store.blocks import Codec, EncodedBlock, Kind
 from pacsstore.store.faults import crash_point
 from pacsstore.store.hierarchy import link_instance, unlink_instance
 from pacsstore.store.index import BlockEntry, Index
@@ -125,13 +125,13 @@ class Committer:
 
     def __init__(self, index: Index, writer: SegmentWriter,
                  on_conflict: str, reader: SegmentReader,
-                 code_alone: Callable[[bytes, bytes, bytes], EncodedBlock]
-                 ) -> None:
+                 code_alone: Callable[[Kind, bytes, bytes, bytes],
+                                      EncodedBlock]) -> None:
         self._index = index
         self._writer = writer
         self._reader = reader
         self._policy = on_conflict
-        # Codes a header block alone whose base is not stored (name,
+        # Codes a block alone whose base is not stored (kind, name,
         # content, base): Preparer.code_alone.
         self._code_alone = code_alone
         # Blocks the batch being applied appended, with their codecs: not
@@ -505,7 +505,7 @@ class Committer:
     def _with_stored_base(self, txn: lmdb.Transaction, item: Prepared,
                           block: EncodedBlock) -> EncodedBlock:
         """``block``, a header coded against a base, if that base is
-        stored and will stay readable; else the header coded alone. A
+        stored and will stay readable; else the block coded alone. A
         base is prepared beside the headers coded against it, and may
         then not be stored (its instance refused, or in a later batch
         than theirs: several associations at once), or may be stored
@@ -513,12 +513,14 @@ class Committer:
         base = block.payload[:blocks.BASE_NAME_BYTES]
         if self._base_stored(txn, base):
             return block
-        if item.header_content is None:
-            raise AssertionError(f"instance {item.uid} has its header coded "
-                                 f"against a base but not its content")
-        log.info("coding the header of %s alone: its base %s is not "
-                 "stored", item.uid, base.hex())
-        alone = self._code_alone(block.digest, item.header_content, base)
+        content = item.against_base.get(block.digest)
+        if content is None:
+            raise AssertionError(f"instance {item.uid} has block "
+                                 f"{block.digest.hex()} coded against a "
+                                 f"base but not its content")
+        log.info("coding block %s of %s alone: its base %s is not stored",
+                 block.digest.hex(), item.uid, base.hex())
+        alone = self._code_alone(block.kind, block.digest, content, base)
         item.encoded[block.digest] = alone
         return alone
 

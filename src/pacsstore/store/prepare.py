@@ -115,10 +115,11 @@ class Prepared:
     # instance still to name (its digests, and the record's), to code,
     # and to encode with its manifest.
     unnamed: Unnamed | None = None
-    # The header block's content when it is coded against a base: the
-    # committer codes it alone instead if that base is not stored by
-    # then (store/bases.py).
-    header_content: bytes | None = None
+    # The content of each block coded against a base (the header, or a
+    # frame of the same bytes as a header coded so): the committer codes
+    # it alone instead if that base is not stored by then
+    # (store/bases.py).
+    against_base: dict[bytes, bytes] = field(default_factory=dict)
 
     @property
     def size(self) -> int:
@@ -313,7 +314,7 @@ class Preparer:
             prepared.encoded = {name: by_name[name]
                                 for name in prepared.digests
                                 if name in by_name}
-            _keep_header_content(prepared, _unnamed(prepared).parts.header)
+            _keep_against_base(prepared, _unnamed(prepared).parts)
             prepared.manifest = manifest
             prepared.unnamed = None
 
@@ -396,14 +397,14 @@ class Preparer:
                                   compressor=self._compressor())
         return self._bases.code(record, name, content, alone) or alone()
 
-    def code_alone(self, name: bytes, content: blocks.Buffer,
+    def code_alone(self, kind: Kind, name: bytes, content: blocks.Buffer,
                    base: bytes) -> EncodedBlock:
-        """The header block ``name`` coded alone after all: the committer
-        found its base ``base`` not stored (store/bases.py), and it is
-        forgotten as a base."""
+        """The block ``name`` (a header) coded alone after all: the
+        committer found its base ``base`` not stored (store/bases.py),
+        and it is forgotten as a base."""
         self._bases.forget(base)
-        return blocks.encode(Kind.HEADER, content,
-                             compressor=self._compressor(), name=name)
+        return blocks.encode(kind, content, compressor=self._compressor(),
+                             name=name)
 
     def _compress_missing(self, prepared: Prepared, parts: layout.Split,
                           coded: list[blocks.Coded] | None = None, *,
@@ -435,7 +436,7 @@ class Preparer:
                                       sample_bytes=sample_bytes,
                                       planes_encoder=planes)
             prepared.encoded[name] = block
-        _keep_header_content(prepared, parts.header)
+        _keep_against_base(prepared, parts)
 
     def plan_stream(self, fd: int, name: str) -> StreamPlan | None:
         """Parse a large file through a read-only mapping, which brings
@@ -510,12 +511,13 @@ class Preparer:
                 len(block.payload), file, offset)
 
 
-def _keep_header_content(prepared: Prepared, header: blocks.Buffer) -> None:
-    """Keep a copy of the header block's content when it is coded
-    against a base (Prepared.header_content)."""
-    block = prepared.encoded.get(prepared.digests[0])
-    if block is not None and block.codec is Codec.ZSTD_BASE:
-        prepared.header_content = bytes(header)
+def _keep_against_base(prepared: Prepared, parts: layout.Split) -> None:
+    """Keep a copy of the content of each block coded against a base
+    (Prepared.against_base)."""
+    for name, content in zip(prepared.digests, [parts.header, *parts.blocks]):
+        block = prepared.encoded.get(name)
+        if block is not None and block.codec is Codec.ZSTD_BASE:
+            prepared.against_base.setdefault(name, bytes(content))
 
 
 def _record_bytes(prepared: Prepared) -> bytes:

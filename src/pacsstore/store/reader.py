@@ -177,7 +177,7 @@ class InstanceReader:
         self._segments.read_onto(
             entry.segment, entry.offset,
             bytes.fromhex(self._names[position]), entry.stored_length,
-            assembly)
+            assembly, self._bases)
 
     def _wrong_size(self, rebuilt: str) -> CorruptStoreError:
         return CorruptStoreError(

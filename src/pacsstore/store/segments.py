@@ -593,12 +593,8 @@ class SegmentReader:
         """The verified content of the block at (segment, offset);
         ``expect`` and ``stored_length`` are what the index says of it,
         ``base`` looks up the base of a header compressed against one."""
-        header, raw, payload, where = self._read_checked(
+        header, raw, payload, where = self._read_with_base(
             number, offset, expect, stored_length)
-        if header.codec is blocks.Codec.ZSTD_BASE:
-            # The base's read takes this thread's read buffer, which
-            # holds this block: a copy, of a header block's few KB.
-            raw, payload = memoryview(bytes(raw)), memoryview(bytes(payload))
         return header, blocks.decode(header, raw, payload, where, base)
 
     def will_need(self, number: int, offset: int, length: int) -> None:
@@ -624,12 +620,25 @@ class SegmentReader:
         return None
 
     def read_onto(self, number: int, offset: int, expect: bytes,
-                  stored_length: int, assembly: FileAssembly) -> None:
+                  stored_length: int, assembly: FileAssembly,
+                  base: blocks.BaseLookup | None = None) -> None:
         """``read``, with the content written next into ``assembly``
         (see blocks.decode_onto)."""
+        header, raw, payload, where = self._read_with_base(
+            number, offset, expect, stored_length)
+        blocks.decode_onto(header, raw, payload, where, assembly, base)
+
+    def _read_with_base(self, number: int, offset: int,
+                        expect: bytes | None, stored_length: int | None
+                        ) -> tuple[BlockHeader, memoryview, memoryview, str]:
+        """_read_checked, with the block copied out of this thread's
+        read buffer when it is stored against a base: the base's read
+        takes that buffer. A copy of a header block's few KB."""
         header, raw, payload, where = self._read_checked(
             number, offset, expect, stored_length)
-        blocks.decode_onto(header, raw, payload, where, assembly)
+        if header.codec is blocks.Codec.ZSTD_BASE:
+            raw, payload = memoryview(bytes(raw)), memoryview(bytes(payload))
+        return header, raw, payload, where
 
     def _read_checked(self, number: int, offset: int, expect: bytes | None,
                       stored_length: int | None
