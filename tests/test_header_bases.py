@@ -318,3 +318,24 @@ def test_a_frame_against_a_refused_base_is_stored_alone(tmp_path):
         for data in (series[0], sharing, series[1]):
             assert archive.get(_uid(data)) == data
         assert archive.verify().ok
+
+
+@pytest.mark.parametrize("how", ["store", "store_many"])
+def test_a_header_onto_a_damaged_frame_of_its_bytes_is_not_stored(
+        tmp_path, how):
+    """A header block with the bytes of a frame the store holds takes
+    that block. Its stored copy was not checked (only a re-send's
+    header was), so an instance was acknowledged onto a damaged copy
+    and could not be read."""
+    series = _series()
+    header = _second_header(tmp_path)
+    holder = _with_frame(header)
+    with Archive(tmp_path / "s") as archive:
+        archive.store(holder)
+        _damage_block(archive, blocks.digest(header))
+        with pytest.raises(DamagedCopyError, match="is damaged"):
+            if how == "store":
+                archive.store(series[1])
+            else:
+                archive.store_many([series[1]])
+        assert _uid(series[1]) not in archive

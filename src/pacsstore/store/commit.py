@@ -422,15 +422,17 @@ class Committer:
 
     def _shared(self, item: Prepared, *, resent: bool) -> list[bytes]:
         """The blocks of ``item`` that the store may hold already, whose
-        stored copy it would take a reference on. Not those the prepare
-        coded, which the index did not have then (one a batch since
-        added is as fresh as this one's): so the usual
-        store, of frames the store has not seen, reads nothing here. The
-        header block (the first) names its SOP Instance UID, so it is
-        shared only with an earlier send of the same instance: checked
-        on a replace (``resent``), whether coded or not."""
+        stored copy it would take a reference on. Not the frames the
+        prepare coded, which the index did not have then (one a batch
+        since added is as fresh as this one's): so the usual store, of
+        frames the store has not seen, reads nothing here. Always the
+        header block (the first), which small instances code without a
+        lookup: it names its SOP Instance UID, so it is stored already
+        only when this instance was sent before (``resent``: every block
+        is checked) or when its bytes are another instance's frame. A
+        header the index lacks costs one lookup."""
         return [name for position, name in enumerate(item.digests)
-                if resent or (position and name not in item.encoded)]
+                if resent or position == 0 or name not in item.encoded]
 
     def _damaged_copy(self, txn: lmdb.Transaction, uid: str,
                       names: list[bytes]) -> DamagedCopyError | None:
