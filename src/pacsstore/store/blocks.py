@@ -399,9 +399,9 @@ def parse_header(raw: bytes, where: str) -> BlockHeader:
 def decode(header: BlockHeader, raw_header: bytes, payload: Buffer,
            where: str, base: BaseLookup | None = None) -> bytes:
     """Check the CRC, decompress, check the SHA-256; return the content.
-    Nothing returned aliases ``payload``. ``base`` gives the content of
-    the base a ZSTD_BASE block names; such a block read without it is
-    refused."""
+    Nothing returned aliases ``payload``. ``base`` gives a decompressor
+    against the base a ZSTD_BASE block names; such a block read without
+    it is refused."""
     if header.codec in _PLANES_CODECS:
         # Through the one native decoder that get() uses as well, so that
         # both read paths give a damaged block the same verdict.
@@ -441,13 +441,9 @@ def _against_base(header: BlockHeader, payload: Buffer, where: str,
         raise CorruptStoreError(
             f"block at {where} is compressed against block {name.hex()}, "
             f"which this read cannot look up")
-    content = _unzstd(base(name), memoryview(payload)[BASE_NAME_BYTES:],
-                      header.raw_length, where)
-    if len(content) != header.raw_length:
-        raise CorruptStoreError(
-            f"block at {where} decodes to {len(content)} bytes; its "
-            f"header says {header.raw_length}")
-    return content
+    return _of_stated_length(header, _unzstd(
+        base(name), memoryview(payload)[BASE_NAME_BYTES:],
+        header.raw_length, where), where)
 
 
 def raw_dictionary(content: bytes) -> zstandard.ZstdCompressionDict:
@@ -618,6 +614,11 @@ def _decompress(header: BlockHeader, payload: Buffer, where: str) -> bytes:
     else:
         content = _unzstd(_decompressor(), payload, header.raw_length,
                           where)
+    return _of_stated_length(header, content, where)
+
+
+def _of_stated_length(header: BlockHeader, content: bytes,
+                      where: str) -> bytes:
     if len(content) != header.raw_length:
         raise CorruptStoreError(
             f"block at {where} decodes to {len(content)} bytes; its "
