@@ -339,28 +339,11 @@ class Archive:
             raise _creation_error(exc, self.path) from None
 
     def _take_lock(self) -> None:
-        try:
-            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except IsADirectoryError:
-            raise NotAStoreError(
-                f"{self.path / 'lock'} is a directory; a store's lock is "
-                f"a file (empty), which the writer creates") from None
-        except OSError as exc:
-            if exc.errno not in _NOT_WRITABLE:
-                raise
-            raise ReadOnlyStoreError(
-                exc.errno, f"{self.path} cannot be written here "
-                           f"({exc.strerror}: read-only media or no "
-                           f"permission); open it with readonly=True to "
-                           f"read") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreLockedError(
-                f"{self.path} is open for writing in another process; "
-                f"read it from this one with readonly=True")
-        self._lock_fd = fd
+        self._lock_fd = take_write_lock(
+            self.path,
+            unwritable="read-only media or no permission: open it with "
+                       "readonly=True to read",
+            locked="read it from this one with readonly=True")
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
@@ -1097,6 +1080,34 @@ def _read_file(fd: int, name: str) -> bytes:
     except OSError as exc:
         raise NotStorableError(
             f"cannot read {name!r}: {exc.strerror}") from None
+
+
+def take_write_lock(store: Path, *, unwritable: str, locked: str) -> int:
+    """Open the lock file of ``store`` and take its exclusive flock (a
+    store has one writer at a time); the descriptor, which holds the
+    lock until it is closed. ``unwritable`` and ``locked`` end the
+    messages for a store this process cannot write and for one that
+    another process writes: what the caller can do instead."""
+    try:
+        fd = os.open(store / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except IsADirectoryError:
+        raise NotAStoreError(
+            f"{store / 'lock'} is a directory; a store's lock is a file "
+            f"(empty), which the writer creates") from None
+    except OSError as exc:
+        if exc.errno not in _NOT_WRITABLE:
+            raise
+        raise ReadOnlyStoreError(
+            exc.errno, f"{store} cannot be written here ({exc.strerror}); "
+                       f"{unwritable}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreLockedError(
+            f"{store} is open for writing by another process; "
+            f"{locked}") from None
+    return fd
 
 
 def _check_compression_level(value: object) -> int:

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -60,14 +59,12 @@ from pacsstore.errors import (
     NewerFormatError,
     NotAStoreError,
     PacsstoreError,
-    ReadOnlyStoreError,
-    StoreLockedError,
 )
 from pacsstore.store import scan
 from pacsstore.store.archive import (
-    _NOT_WRITABLE,
     STORE_FORMAT_VERSION,
     STORE_MAGIC,
+    take_write_lock,
 )
 from pacsstore.store.bases import usable_base
 from pacsstore.store.blocks import Kind
@@ -195,26 +192,13 @@ def _check_marker(store: Path) -> None:
 def _write_lock(store: Path) -> Iterator[None]:
     """The lock a writing Archive holds (archive.py), so that no writer
     appends to the segments while they are read."""
+    fd = take_write_lock(
+        store,
+        unwritable="rebuild-index writes a new index beside the old one, "
+                   "so it needs the store writable",
+        locked="stop it (such as `pacsstore serve`) before rebuilding the "
+               "index")
     try:
-        fd = os.open(store / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except IsADirectoryError:
-        raise NotAStoreError(f"{store / 'lock'} is a directory; a store's "
-                             f"lock is a file") from None
-    except OSError as exc:
-        if exc.errno not in _NOT_WRITABLE:
-            raise
-        raise ReadOnlyStoreError(
-            exc.errno, f"{store} cannot be written here ({exc.strerror}); "
-                       f"rebuild-index writes a new index beside the old "
-                       f"one, so it needs the store writable") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreLockedError(
-                f"{store} is open for writing by another process (such as "
-                f"`pacsstore serve`); stop it before rebuilding the "
-                f"index") from None
         yield
     finally:
         os.close(fd)
