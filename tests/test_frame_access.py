@@ -208,9 +208,9 @@ def _decodes_of_a_record(archive: Archive, monkeypatch) -> list[str]:
     seen: list[str] = []
     original = index_module.decode_instance
 
-    def counting(raw, where):
+    def counting(raw, where, bases=None):
         seen.append(where)
-        return original(raw, where)
+        return original(raw, where, bases)
 
     monkeypatch.setattr(index_module, "decode_instance", counting)
     return seen

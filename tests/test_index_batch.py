@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 from collections.abc import Callable
 
 import lmdb
@@ -16,11 +17,11 @@ import pytest
 
 from pacsstore import Archive
 from pacsstore.store import index as index_module
-from pacsstore.store import record_dictionary, records
+from pacsstore.store import records
 from pacsstore.store.hierarchy import link_instance, unlink_instance
 from pacsstore.store.index import Index
 from pacsstore.synthetic import structured_reports
-from test_store_support import CT_SMALL, corpus_bytes
+from test_store_support import CT_SMALL, corpus_bytes, instance_json
 
 
 def _instance(number: int, patient: str, study: str, series: str, *,
@@ -277,8 +278,10 @@ def test_records_are_the_bytes_json_dumps_gives(tmp_path):
         archive.store_many([_copy(data, n, n % 2) for n in range(4)]
                            + _reports(4))
         contents = _contents(archive._index)
-    stored = [_json_of(name, raw) for name in ("instances", "patients",
-                                               "studies", "series")
+    bases = {struct.unpack(">I", k)[0]: v
+             for k, v in contents["record_bases"]}
+    stored = [_json_of(name, raw, bases)
+              for name in ("instances", "patients", "studies", "series")
               for _, raw in contents[name]]
     made = {"PatientName": "Müller^Jürgen=山田^太郎", "quote": '"\\/',
             "controls": "\x00\x1f\n\t\u2028", "n": [1, -2.5, 1e300, None,
@@ -296,10 +299,9 @@ def test_records_are_the_bytes_json_dumps_gives(tmp_path):
             assert records.dumps(record) == raw
 
 
-def _json_of(database: str, raw: bytes) -> bytes:
-    """The JSON an index value holds: an instance record is compact,
-    its JSON (without the manifest's place) compressed."""
+def _json_of(database: str, raw: bytes, bases: dict[int, bytes]) -> bytes:
+    """The JSON an index value holds: an instance record's is
+    compressed, without the manifest's place."""
     if database != "instances":
         return raw
-    assert raw[0] == records.COMPACT
-    return record_dictionary.decompressor().decompress(raw[13:])
+    return instance_json(raw, bases)

@@ -1,12 +1,15 @@
 """The instance record is encoded once, on the preparing thread, and
 compressed once, as its manifest block: the committer puts that payload
-into the index with the manifest's position in front (records.py). The
-record read back must be the one prepared, in either of the index's two
-forms, and a damaged index value must say so rather than decode."""
+into the index with the manifest's position in front (records.py), or
+the record compressed against its series' base record
+(record_bases.py). The record read back must be the one prepared, in
+each of the index's forms, and a damaged index value must say so rather
+than decode."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import struct
 
@@ -21,6 +24,7 @@ from pacsstore.errors import CorruptStoreError
 from pacsstore.store import blocks, record_dictionary
 from pacsstore.store.blocks import Codec, Kind
 from pacsstore.store.records import (
+    AGAINST_BASE,
     COMPACT,
     decode_instance,
     dumps,
@@ -29,8 +33,9 @@ from pacsstore.store.records import (
     with_manifest,
 )
 from pacsstore.synthetic import write_ct_series
-from test_store_support import (CT_SMALL, MR_SMALL, corpus_bytes,
-                                corpus_path, index_format_version)
+from test_store_support import (CT_SMALL, MR_SMALL, base_values,
+                                corpus_bytes, corpus_path,
+                                index_format_version, instance_json)
 
 _VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text()
@@ -89,28 +94,42 @@ def test_a_manifest_kept_raw_gives_a_json_record():
     assert decode_instance(value, "test") == {**record, "manifest": [4, 5]}
 
 
-def test_stored_records_are_their_manifests_payload(tmp_path):
-    """Each stored instance record is the compact form: its manifest's
-    position, then the very payload of its manifest block (codec 4),
-    whose content is ``dumps`` of the record without that position."""
-    paths = write_ct_series(tmp_path / "ct", 2, seed=3)
+def test_stored_records_are_their_manifests_content(tmp_path):
+    """Each stored instance record gives its manifest's position, then
+    ``dumps`` of the record without it, which is the content of its
+    manifest block (codec 4). A series of one instance keeps its record
+    compact: the very payload of its manifest block. In a series of
+    three, the first record's content is the base (the base record is
+    the payload of its manifest block) and the record names it and
+    holds nothing more; the next two are compressed against it."""
+    paths = write_ct_series(tmp_path / "ct", 3, seed=3)
     with Archive(tmp_path / "store") as archive:
         uids = [archive.store(corpus_bytes(name)).sop_instance_uid
                 for name in (CT_SMALL, MR_SMALL)]
         uids += [r.sop_instance_uid for r in archive.store_many(paths)]
-        for uid in uids:
-            with archive._index.read() as txn:
-                raw = txn.get(uid.encode(), db=archive._index.db["instances"])
-            assert raw[0] == COMPACT
-            record = decode_instance(raw, uid)
+        index = archive._index
+        with index.read() as txn:
+            raws = [bytes(txn.get(uid.encode(), db=index.db["instances"]))
+                    for uid in uids]
+            bases = base_values(txn, index.db["record_bases"])
+        assert [raw[0] for raw in raws] == [COMPACT] * 2 + [AGAINST_BASE] * 3
+        assert len(raws[2]) == 17   # the base's own record
+        assert all(len(raw) > 17 for raw in raws[3:])
+        assert len(bases) == 1
+        for uid, raw in zip(uids, raws):
+            record = archive.record(uid)
             assert list(record)[-1] == "manifest"
             segment, offset = record.pop("manifest")
             assert struct.unpack_from("<IQ", raw, 1) == (segment, offset)
             header, content = archive._segments.read(segment, offset)
             assert header.kind is Kind.MANIFEST
             assert header.codec is Codec.ZSTD_RECORD
-            assert content == dumps(record)
-            assert raw[13:] == record_dictionary.compress(content)
+            assert content == dumps(record) == instance_json(raw, bases)
+            if raw[0] == COMPACT:
+                assert raw[13:] == record_dictionary.compress(content)
+            elif len(raw) == 17:
+                number = struct.unpack_from("<I", raw, 13)[0]
+                assert bases[number] == record_dictionary.compress(content)
 
 
 def test_compact_records_take_less_of_the_index(tmp_path):
@@ -140,8 +159,11 @@ def _as_json_records(store) -> None:
     env = lmdb.open(str(store / "index"), max_dbs=16)
     with env.begin(write=True) as txn:
         db = env.open_db(b"instances", txn=txn)
+        bases = base_values(txn, env.open_db(b"record_bases", txn=txn))
         for key, raw in list(txn.cursor(db)):
-            txn.put(key, dumps(decode_instance(raw, "test")), db=db)
+            record = json.loads(instance_json(raw, bases))
+            record["manifest"] = list(struct.unpack_from("<IQ", raw, 1))
+            txn.put(key, dumps(record), db=db)
     env.close()
 
 
@@ -228,10 +250,10 @@ def test_verify_names_a_compact_record_that_does_not_decode(tmp_path):
     JSON one, and leaves it as it is."""
     with Archive(tmp_path / "store") as archive:
         uid = archive.store(corpus_bytes(CT_SMALL)).sop_instance_uid
+        damaged = encode_instance(archive.record(uid))[:20]
     env = lmdb.open(str(tmp_path / "store" / "index"), max_dbs=16)
     with env.begin(write=True) as txn:
         db = env.open_db(b"instances", txn=txn)
-        damaged = txn.get(uid.encode(), db=db)[:20]
         txn.put(uid.encode(), damaged, db=db)
     env.close()
     with Archive(tmp_path / "store", readonly=True) as archive:
@@ -274,15 +296,19 @@ def test_a_version_2_index_reads_as_it_is_and_upgrades_in_name(tmp_path):
             instances = writer._index.db["instances"]
             assert txn.get(old.encode(), db=instances) == json_value
             assert txn.get(new.encode(), db=instances)[0] == COMPACT
-    assert index_format_version(store) == 3
+    assert index_format_version(store) == 4
 
 
-def test_a_rebuilt_index_holds_compact_records(tmp_path):
-    """rebuild-index writes every instance record compact, those of a
-    version 2 index's JSON records included, and the same records."""
+def test_a_rebuilt_index_holds_records_against_bases(tmp_path):
+    """rebuild-index writes the same instance records, those of a
+    version 2 index's JSON records included: those of a series of
+    several against a base record, the others compact."""
     store = tmp_path / "store"
+    series = write_ct_series(tmp_path / "ct", 3, seed=5)
     with Archive(store) as archive:
-        archive.store_many([corpus_path(n) for n in (CT_SMALL, MR_SMALL)])
+        singles = {r.sop_instance_uid for r in archive.store_many(
+            [corpus_path(n) for n in (CT_SMALL, MR_SMALL)])}
+        archive.store_many(series)
     _as_json_records(store)
     before = _instance_values(store)
     assert all(raw.startswith(b"{") for raw in before.values())
@@ -290,9 +316,10 @@ def test_a_rebuilt_index_holds_compact_records(tmp_path):
     rebuild_index(store)
     after = _instance_values(store)
     assert after.keys() == before.keys()
-    for uid, raw in after.items():
-        assert raw[0] == COMPACT
-        assert decode_instance(raw, uid) == decode_instance(before[uid], uid)
+    with Archive(store, readonly=True) as archive:
+        for uid, raw in after.items():
+            assert raw[0] == (COMPACT if uid in singles else AGAINST_BASE)
+            assert archive.record(uid) == decode_instance(before[uid], uid)
 
 
 def _instance_values(store) -> dict[str, bytes]:
@@ -313,10 +340,8 @@ def test_no_flipped_bit_of_a_compact_record_decodes_to_another(tmp_path):
     returned wrong bytes of the right length."""
     with Archive(tmp_path / "store") as archive:
         uid = archive.store(corpus_bytes(MR_SMALL)).sop_instance_uid
-        with archive._index.read() as txn:
-            raw = bytes(txn.get(uid.encode(),
-                                db=archive._index.db["instances"]))
-    original = decode_instance(raw, uid)
+        original = archive.record(uid)
+    raw = encode_instance(original)
     frame_start = 13   # after the form byte, segment and offset
     refused = 0
     for bit in range(frame_start * 8, len(raw) * 8):

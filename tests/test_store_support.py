@@ -57,3 +57,32 @@ def index_format_version(store: Path) -> int:
         raw = txn.get(b"format_version", db=env.open_db(b"meta", txn=txn))
     env.close()
     return struct.unpack("<I", raw)[0]
+
+
+def instance_json(raw: bytes, base_values: dict[int, bytes]) -> bytes:
+    """The JSON an index value of an instance record holds (without the
+    manifest's place), decoded as docs/format.md describes the forms
+    and not with pacsstore's decoder: compact (0x01), or against a base
+    record (0x02) whose value ``base_values`` gives by number."""
+    import struct
+
+    import zstandard
+
+    from pacsstore.store import record_dictionary
+    dictionary = record_dictionary.decompressor()
+    if raw[0] == 0x01:
+        return dictionary.decompress(raw[13:])
+    assert raw[0] == 0x02
+    (number,) = struct.unpack_from("<I", raw, 13)
+    base = dictionary.decompress(base_values[number])
+    if len(raw) == 17:
+        return base
+    against = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(
+        base, dict_type=zstandard.DICT_TYPE_RAWCONTENT))
+    return against.decompress(raw[17:])
+
+
+def base_values(txn, db) -> dict[int, bytes]:
+    """The base records of an index, by number (big-endian u32 keys)."""
+    import struct
+    return {struct.unpack(">I", k)[0]: bytes(v) for k, v in txn.cursor(db)}

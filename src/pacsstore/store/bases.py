@@ -45,6 +45,7 @@ from pacsstore.errors import CorruptStoreError
 from pacsstore.store import blocks
 from pacsstore.store.blocks import Codec, Coded
 from pacsstore.store.index import BlockEntry
+from pacsstore.store.lru import keep, recall
 from pacsstore.store.segments import SegmentReader
 
 # Headers above this size are not made bases: a base is held in memory
@@ -117,8 +118,8 @@ class HeaderBases:
             # file, deflated, which no other matches.
             return None
         with self._lock:
-            base = _recall(self._series, series)
-            study_base = None if base else _recall(self._studies, study)
+            base = recall(self._series, series)
+            study_base = None if base else recall(self._studies, study)
         if base is not None:
             # Not against itself: the first instance of a series sent
             # again with other content keeps its header's name.
@@ -157,28 +158,9 @@ class HeaderBases:
                 _remember(self._studies, study, base)
 
 
-def _recall(remembered: collections.OrderedDict[Any, Any],
-            key: Any) -> Any:
-    """``remembered[key]`` (None when absent), now the most recent."""
-    found = remembered.get(key)
-    if found is not None:
-        remembered.move_to_end(key)
-    return found
-
-
-def _keep(remembered: collections.OrderedDict[Any, Any], key: Any,
-          value: Any, most: int) -> None:
-    """Remember ``value`` as the most recent, forgetting the oldest
-    beyond ``most``."""
-    remembered[key] = value
-    remembered.move_to_end(key)
-    while len(remembered) > most:
-        remembered.popitem(last=False)
-
-
 def _remember(remembered: collections.OrderedDict[str, _Base], key: str,
               base: _Base) -> None:
-    _keep(remembered, key, base, REMEMBERED)
+    keep(remembered, key, base, REMEMBERED)
 
 
 def usable_base(entry: BlockEntry | None) -> bool:
@@ -214,15 +196,15 @@ class BaseReader:
         contexts = getattr(self._local, "contexts", None)
         if contexts is None:
             contexts = self._local.contexts = collections.OrderedDict()
-        found = _recall(contexts, name)
+        found = recall(contexts, name)
         if found is None:
             found = blocks.decompressor_against(self._content(name))
-            _keep(contexts, name, found, THREAD_CONTEXTS)
+            keep(contexts, name, found, THREAD_CONTEXTS)
         return found
 
     def _content(self, name: bytes) -> bytes:
         with self._lock:
-            content = _recall(self._contents, name)
+            content = recall(self._contents, name)
         if content is not None:
             return content
         entry = self._locate(name)
@@ -232,7 +214,7 @@ class BaseReader:
             entry.segment, entry.offset, expect=name,
             stored_length=entry.stored_length)
         with self._lock:
-            _keep(self._contents, name, content, READ_CACHE)
+            keep(self._contents, name, content, READ_CACHE)
         return content
 
 

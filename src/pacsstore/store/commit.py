@@ -65,7 +65,6 @@ from pacsstore.store.faults import crash_point
 from pacsstore.store.hierarchy import link_instance, unlink_instance
 from pacsstore.store.index import BlockEntry, Index
 from pacsstore.store.prepare import PlacedBlock, Prepared
-from pacsstore.store.records import instance_for_commit
 from pacsstore.store.results import StoreResult
 from pacsstore.store.segments import (
     SegmentReader,
@@ -413,8 +412,9 @@ class Committer:
             self._writer.take_stream(item.stream)
         written, deduplicated = self._add_blocks(txn, item)
         written += self._add_manifest(item)
-        self._index.put_encoded_instance(txn, item.uid, instance_for_commit(
-            item.encoded_record, item.manifest, *record["manifest"]))
+        self._index.put_instance(txn, item.uid, item.encoded_record,
+                                 item.manifest, record["series"],
+                                 *record["manifest"])
         link_instance(self._index, txn, record)
         self._index.add_counter(txn, LOGICAL_BYTES, record["size"])
         return result_for(record, status, written=written,

@@ -65,11 +65,22 @@ from pacsstore.errors import (
     PacsstoreError,
     StoreFormatError,
 )
+from pacsstore.store import record_dictionary
+from pacsstore.store.blocks import Codec, EncodedBlock
+from pacsstore.store.record_bases import (
+    BaseLookup,
+    NewRecord,
+    RecordBases,
+)
 from pacsstore.store.records import (
+    AGAINST_BASE,
+    against_base,
+    compact,
     decode_instance,
     dumps,
-    encode_instance,
+    instance_for_commit,
     loads,
+    without_manifest,
 )
 
 log = logging.getLogger(__name__)
@@ -77,10 +88,12 @@ log = logging.getLogger(__name__)
 # 2: patient, study and series records carry their counts; the
 # attribute indexes (the "attributes" database) exist.
 # 3: instance records may be compact (records.py); JSON ones stay.
-INDEX_FORMAT_VERSION = 3
-# The oldest version this pacsstore reads without an upgrade: version 3
-# only added a form of instance record, so a version 2 index reads as
-# it is.
+# 4: instance records may be written against a base record of their
+# series (record_bases.py, the "record_bases" database).
+INDEX_FORMAT_VERSION = 4
+# The oldest version this pacsstore reads without an upgrade: versions 3
+# and 4 only added forms of instance record, so a version 2 index reads
+# as it is.
 _READS_AS_IT_IS = 2
 
 # A fresh map is small (it is a sparse file, but some filesystems and
@@ -89,10 +102,12 @@ DEFAULT_MAP_SIZE = 64 << 20
 DEFAULT_MAX_MAP_SIZE = 1 << 40
 
 DATABASES = ("meta", "segments", "blocks", "instances", "patients",
-             "studies", "series", "attributes")
+             "studies", "series", "attributes", "record_bases")
 # Databases an index of an older format may lack (opened read-only, it
-# cannot create them; it is refused once its version is read).
-_ADDED_IN_VERSION_2 = ("attributes",)
+# cannot create them; a version 2 or 3 index reads without the base
+# records, which it cannot have used; an older one is refused once its
+# version is read).
+_ADDED_SINCE_VERSION_1 = ("attributes", "record_bases")
 # Parent -> child links, one LMDB dupsort database. Keys are a level
 # prefix plus the parent key; values are the child keys.
 CHILD_PREFIX = {"patient": b"p:", "study": b"s:", "series": b"e:"}
@@ -292,6 +307,7 @@ class Index:
                            f"a new Archive to use it")
         # The _Buffered of the write transaction a thread is inside.
         self._local = threading.local()
+        self._bases = RecordBases()
         self._decoded = _DecodedRecords()
         self.env = _open_environment(path, readonly=readonly,
                                      map_size=map_size)
@@ -335,7 +351,7 @@ class Index:
             try:
                 db[name] = self.env.open_db(name.encode(), create=create)
             except lmdb.NotFoundError:
-                if name not in _ADDED_IN_VERSION_2:
+                if name not in _ADDED_SINCE_VERSION_1:
                     raise
                 db[name] = None
         db["children"] = self.env.open_db(b"children", dupsort=True,
@@ -369,8 +385,10 @@ class Index:
 
     def _upgrade(self, version: int) -> None:
         """Rebuild what version 2 added (counts on the level records,
-        the attribute indexes) from the instance records. Version 3 needs
-        nothing rebuilt: its JSON instance records stay as they are."""
+        the attribute indexes) from the instance records. Versions 3 and
+        4 need nothing rebuilt: the instance records of an older form
+        stay as they are (and the base records' database was created on
+        opening)."""
         # The hierarchy imports this module, so it is imported here, on
         # the rare open that needs it.
         from pacsstore.store import hierarchy
@@ -514,12 +532,24 @@ class Index:
         raw = txn.get(key(uid), db=self.db["instances"])
         if raw is None:
             return None
-        return self._decoded.record(uid, raw)
+        return self._decoded.record(uid, raw, self.bases_in(txn))
+
+    def bases_in(self, txn: lmdb.Transaction) -> BaseLookup:
+        """The base records that instance records read in ``txn`` may be
+        written against."""
+        return self._bases.reader(txn, self.db["record_bases"])
 
     def _stored_record(self, txn: lmdb.Transaction, level: str,
                        name: str) -> dict[str, Any] | None:
         raw = txn.get(key(name), db=self.db[_plural(level)])
-        return None if raw is None else _decode(level, name, raw)
+        return None if raw is None else self._decode(txn, level, name, raw)
+
+    def _decode(self, txn: lmdb.Transaction, level: str, name: str,
+                raw: bytes) -> dict[str, Any]:
+        if level == "instance":
+            return decode_instance(raw, f"instance {name}",
+                                   self.bases_in(txn))
+        return loads(raw, f"{level} {name}")
 
     def _make_room(self, buffered: _Buffered) -> None:
         if len(buffered.records) >= MAX_BUFFERED_RECORDS:
@@ -530,11 +560,56 @@ class Index:
                    record: dict[str, Any]) -> None:
         self._change_record(txn, level, name, record)
 
-    def put_encoded_instance(self, txn: lmdb.Transaction, uid: str,
-                             encoded: bytes) -> None:
-        """Put an instance record the caller has encoded (see
-        records.py); instance records are not buffered."""
-        txn.put(key(uid), encoded, db=self.db["instances"])
+    def put_instance(self, txn: lmdb.Transaction, uid: str,
+                     encoded_record: bytes, manifest: EncodedBlock,
+                     series: str, segment: int, offset: int) -> None:
+        """Put the instance record whose ``dumps`` (without the
+        manifest's place) is ``encoded_record`` and whose manifest block,
+        ``manifest``, lies at ``segment`` and ``offset``: against the
+        base record of its series where that shrinks it, else in the
+        form of its manifest (records.py). Instance records are not
+        buffered."""
+        if manifest.codec is Codec.ZSTD_RECORD:
+            value = self._record_value(txn, uid, series, encoded_record,
+                                       manifest.payload, segment, offset)
+        else:
+            value = instance_for_commit(encoded_record, manifest, segment,
+                                        offset)
+        txn.put(key(uid), value, db=self.db["instances"])
+
+    def _record_value(self, txn: lmdb.Transaction, uid: str, series: str,
+                      encoded_record: bytes, frame: bytes, segment: int,
+                      offset: int) -> bytes:
+        """The index value of a record whose frame against the record
+        dictionary is ``frame``: against a base of its series, or
+        compact. Puts the base, and makes the series' first record a
+        reference to it, when the choice makes a new base."""
+        record = NewRecord(uid, segment, offset, encoded_record, frame,
+                           compact(segment, offset, frame))
+        chosen = self._bases.choose(txn, self.db["record_bases"], series,
+                                    record)
+        if chosen is None:
+            return record.value
+        first = chosen.promoted
+        if first is not None and \
+                txn.get(key(first.uid), db=self.db["instances"]) == \
+                first.value:
+            txn.put(key(first.uid),
+                    against_base(first.segment, first.offset,
+                                 chosen.number, b""),
+                    db=self.db["instances"])
+        return against_base(segment, offset, chosen.number, chosen.frame)
+
+    def _instance_value(self, txn: lmdb.Transaction, uid: str,
+                        record: dict[str, Any]) -> bytes:
+        """The index value of a whole instance record (a rebuild's)."""
+        if "manifest" not in record:
+            return dumps(record)
+        segment, offset = record["manifest"]
+        encoded = without_manifest(record)
+        return self._record_value(txn, uid, record["series"], encoded,
+                                  record_dictionary.compress(encoded),
+                                  segment, offset)
 
     def delete_record(self, txn: lmdb.Transaction, level: str,
                       name: str) -> None:
@@ -551,16 +626,18 @@ class Index:
             buffered.dirty.add(slot)
         elif record is None:
             txn.delete(key(name), db=self.db[_plural(level)])
+        elif level == "instance":
+            txn.put(key(name), self._instance_value(txn, name, record),
+                    db=self.db["instances"])
         else:
-            txn.put(key(name), _encode(level, record),
-                    db=self.db[_plural(level)])
+            txn.put(key(name), dumps(record), db=self.db[_plural(level)])
 
     def records(self, txn: lmdb.Transaction,
                 level: str) -> Iterator[tuple[str, dict[str, Any]]]:
         self._written_through(txn, level)
         for raw_key, raw in txn.cursor(db=self.db[_plural(level)]):
             name = unkey(raw_key)
-            yield name, _decode(level, name, raw)
+            yield name, self._decode(txn, level, name, raw)
 
     def link(self, txn: lmdb.Transaction, level: str, parent: str,
              child: str) -> None:
@@ -697,14 +774,17 @@ class _DecodedRecords:
         self._lock = threading.Lock()
         self._kept: dict[str, tuple[bytes, dict[str, Any]]] = {}
 
-    def record(self, uid: str, raw: bytes) -> dict[str, Any]:
-        if len(raw) < self.SMALLEST:
-            return decode_instance(raw, f"instance {uid}")
+    def record(self, uid: str, raw: bytes,
+               bases: BaseLookup) -> dict[str, Any]:
+        # A record against a base is not kept: what it decodes to
+        # depends on the base as well as on its own bytes.
+        if len(raw) < self.SMALLEST or raw[0] == AGAINST_BASE:
+            return decode_instance(raw, f"instance {uid}", bases)
         with self._lock:
             kept = self._kept.get(uid)
         if kept is not None and kept[0] == raw:
             return kept[1]
-        record = decode_instance(raw, f"instance {uid}")
+        record = decode_instance(raw, f"instance {uid}", bases)
         with self._lock:
             if len(self._kept) >= self.ENTRIES:
                 self._kept.pop(next(iter(self._kept)))
@@ -730,18 +810,6 @@ def _nearly_full(path: Path) -> bool:
     except OSError:
         return False
     return stat.f_bavail * stat.f_frsize < _NEARLY_FULL
-
-
-def _encode(level: str, record: dict[str, Any]) -> bytes:
-    if level == "instance" and "manifest" in record:
-        return encode_instance(record)
-    return dumps(record)
-
-
-def _decode(level: str, name: str, raw: bytes) -> dict[str, Any]:
-    if level == "instance":
-        return decode_instance(raw, f"instance {name}")
-    return loads(raw, f"{level} {name}")
 
 
 def _plural(level: str) -> str:

@@ -14,6 +14,10 @@ keeps it in one of two forms, told apart by the first byte:
   dictionary (record_dictionary.py). That frame is byte for byte the
   payload of the manifest block (codec 4), so the committer puts what
   the preparing thread compressed and compresses nothing itself.
+- against a base (0x02, index format 4): the segment and offset, the
+  number (u32) of a base record of its series (record_bases.py), then
+  the record as a zstd frame compressed against that base; no frame at
+  all when the record is the base itself.
 
 A record is about 2 KB of JSON: in its JSON form it took a page of
 overflow of its own in LMDB (4 KiB, often two), and the corpus's 1,778
@@ -36,10 +40,13 @@ from typing import Any
 from pacsstore.errors import CorruptStoreError
 from pacsstore.store import record_dictionary, zstd_frames
 from pacsstore.store.blocks import Codec, EncodedBlock
+from pacsstore.store.record_bases import BaseDamage, BaseLookup
 
 COMPACT = 0x01
+AGAINST_BASE = 0x02
 _JSON = ord("{")
 _POSITION = struct.Struct("<BIQ")   # the form, segment, offset
+_AGAINST = struct.Struct("<BIQI")   # ... and the base's number
 
 
 class DamagedRecord(CorruptStoreError):
@@ -56,37 +63,64 @@ def instance_for_commit(encoded_record: bytes, manifest: EncodedBlock,
     (``dumps`` of it) whose manifest block is ``manifest``, written at
     ``segment`` and ``offset``."""
     if manifest.codec is Codec.ZSTD_RECORD:
-        return _POSITION.pack(COMPACT, segment, offset) + manifest.payload
+        return compact(segment, offset, manifest.payload)
     # A manifest zstd did not shrink is kept raw (blocks.code); so is
     # its record.
     return with_manifest(encoded_record, segment, offset)
 
 
+def against_base(segment: int, offset: int, base: int,
+                 frame: bytes) -> bytes:
+    """The index value of a record written against base ``base`` as
+    ``frame`` (empty for the base's own record)."""
+    return _AGAINST.pack(AGAINST_BASE, segment, offset, base) + frame
+
+
+def compact(segment: int, offset: int, frame: bytes) -> bytes:
+    """The compact index value of a record whose frame against the
+    record dictionary is ``frame``."""
+    return _POSITION.pack(COMPACT, segment, offset) + frame
+
+
 def encode_instance(record: dict[str, Any]) -> bytes:
     """The compact index value of ``record``, which names its manifest."""
     segment, offset = record["manifest"]
-    rest = {k: v for k, v in record.items() if k != "manifest"}
-    return _POSITION.pack(COMPACT, segment, offset) + \
-        record_dictionary.compress(dumps(rest))
+    return compact(segment, offset,
+                   record_dictionary.compress(without_manifest(record)))
 
 
-def decode_instance(raw: bytes, where: str) -> dict[str, Any]:
-    """The record an index value holds, in either form; DamagedRecord
-    naming ``where`` when it holds none."""
+def without_manifest(record: dict[str, Any]) -> bytes:
+    """``dumps`` of ``record`` without its manifest's place: what the
+    manifest block holds."""
+    return dumps({k: v for k, v in record.items() if k != "manifest"})
+
+
+def decode_instance(raw: bytes, where: str,
+                    bases: BaseLookup | None = None) -> dict[str, Any]:
+    """The record an index value holds, in any form (``bases`` gives
+    the bases of form 0x02); DamagedRecord naming ``where`` when it
+    holds none."""
     form = raw[0] if raw else None
     if form == _JSON:
         record = loads(raw, where)
         if not isinstance(record, dict):
             raise DamagedRecord(where, "it does not hold a record")
         return _checked(record, where)
-    if form != COMPACT:
+    if form == COMPACT:
+        if len(raw) <= _POSITION.size:
+            raise DamagedRecord(where, f"{len(raw)} bytes are too few")
+        _, segment, offset = _POSITION.unpack_from(raw)
+        content = _decompress(memoryview(raw)[_POSITION.size:], where)
+    elif form == AGAINST_BASE:
+        if len(raw) < _AGAINST.size:
+            raise DamagedRecord(where, f"{len(raw)} bytes are too few")
+        _, segment, offset, number = _AGAINST.unpack_from(raw)
+        content = _against_base(number, memoryview(raw)[_AGAINST.size:],
+                                bases, where)
+    else:
         raise DamagedRecord(where, f"it is neither JSON nor compact "
                                    f"(first byte {raw[:1]!r})")
-    if len(raw) <= _POSITION.size:
-        raise DamagedRecord(where, f"{len(raw)} bytes are too few")
-    _, segment, offset = _POSITION.unpack_from(raw)
-    frame = memoryview(raw)[_POSITION.size:]
-    record = loads(_decompress(frame, where), where)
+    record = loads(content, where)
     if not isinstance(record, dict) or "manifest" in record:
         raise DamagedRecord(where, "it does not hold a record without "
                                    "its manifest's place")
@@ -184,6 +218,20 @@ def _decompress(frame: memoryview, where: str) -> bytes:
     try:
         return zstd_frames.content_of(record_dictionary.decompressor(),
                                       frame)
+    except zstd_frames.FrameDamage as exc:
+        raise DamagedRecord(where, f"it {exc}") from None
+
+
+def _against_base(number: int, frame: memoryview,
+                  bases: BaseLookup | None, where: str) -> bytes:
+    if bases is None:
+        raise DamagedRecord(where, "it is written against a base record, "
+                                   "and no base records were given")
+    try:
+        base = bases(number)
+        return base.decompress(frame) if len(frame) else base.content
+    except BaseDamage as exc:
+        raise DamagedRecord(where, f"its {exc}") from None
     except zstd_frames.FrameDamage as exc:
         raise DamagedRecord(where, f"it {exc}") from None
 

@@ -390,7 +390,8 @@ class _Verification:
 
     def load_record(self, uid: str, raw: bytes) -> dict[str, Any] | None:
         try:
-            record = decode_instance(raw, f"instance {uid}")
+            record = decode_instance(raw, f"instance {uid}",
+                                     self.index.bases_in(self.txn))
         except DamagedRecord as exc:
             defect = exc.reason
         else:
