@@ -203,16 +203,16 @@ def test_damaged_header_block_fails_decode_not_stored_frame(tmp_path):
 
 
 def _decodes_of_a_record(archive: Archive, monkeypatch) -> list[str]:
-    """The instance records the index decodes, by where."""
+    """The instance records the index decodes, by SOP Instance UID."""
     from pacsstore.store import index as index_module
     seen: list[str] = []
-    original = index_module.decode_instance
+    original = index_module.instance_record
 
-    def counting(raw, where, bases=None):
-        seen.append(where)
-        return original(raw, where, bases)
+    def counting(raw, uid, bases=None):
+        seen.append(uid)
+        return original(raw, uid, bases)
 
-    monkeypatch.setattr(index_module, "decode_instance", counting)
+    monkeypatch.setattr(index_module, "instance_record", counting)
     return seen
 
 
@@ -226,7 +226,7 @@ def test_frames_of_a_large_record_decode_it_once(tmp_path, monkeypatch):
         seen = _decodes_of_a_record(archive, monkeypatch)
         frames = [archive.frame(uid, i) for i in (0, 299, 599, 299)]
     assert frames == [reference[i] for i in (0, 299, 599, 299)]
-    assert seen.count(f"instance {uid}") == 1
+    assert seen.count(uid) == 1
 
 
 def test_a_replaced_instance_is_not_read_from_its_old_record(tmp_path):

@@ -17,7 +17,8 @@ import pytest
 import zstandard
 
 from pacsstore import Archive, rebuild_index
-from pacsstore.errors import CorruptStoreError
+from pacsstore.errors import (CorruptStoreError, DamagedCopyError,
+                              NewerFormatError)
 from pacsstore.store import blocks
 from pacsstore.store import records as records_module
 from pacsstore.store.blocks import Kind
@@ -29,6 +30,7 @@ from pacsstore.store.records import (
     decode_instance,
     dumps,
     encode_instance,
+    instance_record,
 )
 from test_store_support import (CT_SMALL, base_values, corpus_bytes,
                                 index_format_version)
@@ -159,6 +161,25 @@ def test_a_base_whose_transaction_aborted_is_not_used(tmp_path):
         index.close()
 
 
+def _assert_one_base_for_series_9_1(index: Index, records: dict[str, dict]
+                                    ) -> dict[str, bytes]:
+    """Every record of ``records`` reads back, base 1 is the only base:
+    1.1, the first record of series 9.1, is a reference to it and 1.2 is
+    written against it. Returns the index values."""
+    with index.read() as txn:
+        values = {uid: bytes(txn.get(uid.encode(),
+                                     db=index.db["instances"]))
+                  for uid in records}
+        assert list(base_values(txn, index.db["record_bases"])) == [1]
+        for uid, record in records.items():
+            assert index.record(txn, "instance", uid) == \
+                {**record, "manifest": [1, len(uid)]}
+    assert values["1.1"] == records_module.reference_to_base(
+        1, 3, 1, dumps(records["1.1"]))
+    assert _base_of(values["1.2"]) == 1
+    return values
+
+
 def test_a_series_of_one_instance_costs_no_base(tmp_path):
     """The first record of a series is written compact; the second makes
     the first's content a base and the first a reference to it."""
@@ -171,16 +192,7 @@ def test_a_series_of_one_instance_costs_no_base(tmp_path):
             assert base_values(txn, index.db["record_bases"]) == {}
         assert first[0] == records_module.COMPACT
         index.write(_put_in(index, records, "1.2"))
-        with index.read() as txn:
-            values = {uid: bytes(txn.get(uid.encode(),
-                                         db=index.db["instances"]))
-                      for uid in records}
-            assert list(base_values(txn, index.db["record_bases"])) == [1]
-            for uid, record in records.items():
-                assert index.record(txn, "instance", uid) == \
-                    {**record, "manifest": [1, len(uid)]}
-        assert values["1.1"] == records_module.against_base(1, 3, 1, b"")
-        assert _base_of(values["1.2"]) == 1
+        _assert_one_base_for_series_9_1(index, records)
     finally:
         index.close()
 
@@ -426,3 +438,212 @@ def test_a_reader_does_not_decode_with_a_base_it_kept_once_it_changed(
             with pytest.raises(CorruptStoreError,
                                match=f"base record {number}"):
                 reader.get(uid)
+
+
+def test_no_flipped_bit_of_any_record_gives_another_instance(tmp_path):
+    """Every bit of every stored record value flipped in turn, the base's
+    number included: the reader gets the record of the instance asked
+    for, or DamagedRecord, never another instance's. The first record of
+    a series is a reference to its base with no frame of its own, so it
+    carries the CRC32 of its content; before it did, a flip of the base
+    number gave the first instance of another series. (The manifest's
+    place is compared apart: it is outside every checksum, and reads do
+    not use it.)"""
+    store = tmp_path / "store"
+    data = [_copy(n, s) for s in (1, 2, 3) for n in range(2)]
+    with Archive(store) as archive:
+        uids = [r.sop_instance_uid for r in archive.store_many(data)]
+        expected = {uid: archive.record(uid) for uid in uids}
+        index = archive._index
+        with index.read() as txn:
+            bases = index.bases_in(txn)
+            raws = {uid: bytes(txn.get(uid.encode(),
+                                       db=index.db["instances"]))
+                    for uid in uids}
+            assert sorted(len(raw) == 21 for raw in raws.values()) == \
+                [False] * 3 + [True] * 3   # three references, three frames
+            for uid, raw in raws.items():
+                for bit in range(8, len(raw) * 8):
+                    flipped = bytearray(raw)
+                    flipped[bit // 8] ^= 1 << (bit % 8)
+                    try:
+                        record = instance_record(bytes(flipped), uid, bases)
+                    except DamagedRecord:
+                        continue
+                    assert {**record, "manifest": None} == \
+                        {**expected[uid], "manifest": None}, \
+                        f"bit {bit} of {uid} gave another record"
+
+
+def test_a_base_number_given_to_another_base_is_not_followed(tmp_path):
+    """A base record lost (deleted here), and its number given to the
+    base of a series stored since: the records written against the lost
+    base are named damaged, not read as the new series' instances."""
+    store = tmp_path / "store"
+    ours = [_copy(n, 1) for n in range(3)]
+    with Archive(store) as archive:
+        uids = [r.sop_instance_uid for r in archive.store_many(ours)]
+    number = _base_of(_values(store, "instances")[uids[0].encode()])
+    _put(store, "record_bases", struct.pack(">I", number), None)
+    with Archive(store) as archive:
+        archive.store_many([_copy(n, 2) for n in range(3)])
+    assert list(_values(store, "record_bases")) == [struct.pack(">I",
+                                                                number)]
+    with Archive(store, readonly=True) as archive:
+        for uid in uids:
+            with pytest.raises(CorruptStoreError, match=uid):
+                archive.get(uid)
+        assert {p.sop_instance_uid for p in archive.verify().problems
+                if p.kind == "record"} == set(uids)
+
+
+def test_a_record_cut_after_its_base_number_is_named(tmp_path):
+    """A record against a base cut to its struct (no frame and no CRC32)
+    is damaged; before, it read as the base's own record: the series'
+    first instance, for another UID."""
+    store = tmp_path / "store"
+    with Archive(store) as archive:
+        second = archive.store_many([_copy(0, 1), _copy(1, 1)])[1]\
+            .sop_instance_uid
+    raw = _values(store, "instances")[second.encode()]
+    _put(store, "instances", second.encode(), raw[:17])
+    with Archive(store, readonly=True) as archive:
+        with pytest.raises(CorruptStoreError, match="17 bytes are too few"):
+            archive.get(second)
+
+
+def test_a_record_of_another_instance_is_not_read_for_this_one(tmp_path):
+    """The index value of one instance put under another's key (compact
+    records, which no base or CRC32 ties to a key): the reader checks
+    the SOP Instance UID the record names, as verify does."""
+    store = tmp_path / "store"
+    with Archive(store) as archive:
+        first, second = [r.sop_instance_uid for r in
+                         archive.store_many([_copy(0, 1), _copy(0, 2)])]
+    values = _values(store, "instances")
+    assert values[first.encode()][0] == records_module.COMPACT
+    _put(store, "instances", second.encode(), values[first.encode()])
+    with Archive(store, readonly=True) as archive:
+        with pytest.raises(CorruptStoreError,
+                           match=f"names SOP Instance UID {first}"):
+            archive.get(second)
+        assert archive.get(first) == _copy(0, 1)
+
+
+def test_a_retried_transaction_forgets_what_the_aborted_one_chose(
+        tmp_path):
+    """A transaction the index runs again once its map has grown: the
+    bases and first records chosen in the aborted attempt are forgotten.
+    Before, each record of the retry found itself as its series' first
+    record and became a base of its own."""
+    index = Index(tmp_path / "index", readonly=False)
+    try:
+        records = {uid: _record(uid, series) for uid, series in
+                   [("1.1", "9.1"), ("2.1", "9.2"), ("1.2", "9.1")]}
+        index.write(_put_in(index, records, "1.1"))
+        attempts = []
+
+        def full_once(txn):
+            _put_in(index, records, "2.1", "1.2")(txn)
+            attempts.append(txn)
+            if len(attempts) == 1:
+                raise lmdb.MapFullError("the map is full")
+
+        index.write(full_once)
+        assert len(attempts) == 2
+        values = _assert_one_base_for_series_9_1(index, records)
+        assert values["2.1"][0] == records_module.COMPACT
+    finally:
+        index.close()
+
+
+def _as_version_3(store) -> None:
+    """Make the store's index one written before base records."""
+    env = lmdb.open(str(store / "index"), max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.drop(env.open_db(b"record_bases", txn=txn), delete=True)
+        txn.put(b"format_version", struct.pack("<I", 3),
+                db=env.open_db(b"meta", txn=txn))
+    env.close()
+
+
+def test_a_reader_opened_before_the_upgrade_reads_what_the_writer_added(
+        tmp_path):
+    """A reader opened on a version 3 index, which has no base records'
+    database, stays open while a writer in another process raises the
+    index to version 4 and stores a series against a base: the reader
+    reads those records too. Before, it had no handle on the new
+    database and called every one of them damaged."""
+    store = tmp_path / "store"
+    data = [_copy(n, 1) for n in range(4)]
+    with Archive(store) as archive:
+        archive.store(data[0])
+    _as_version_3(store)
+    write = ("import sys\n"
+             "from pacsstore import Archive\n"
+             "with Archive(sys.argv[1]) as archive:\n"
+             "    for path in sys.argv[2:]:\n"
+             "        archive.store(open(path, 'rb').read())\n")
+    paths = []
+    for n, content in enumerate(data[1:]):
+        paths.append(tmp_path / f"{n}.dcm")
+        paths[-1].write_bytes(content)
+    with Archive(store, readonly=True) as reader:
+        uids = [pydicom.dcmread(io.BytesIO(d)).SOPInstanceUID for d in data]
+        assert reader.get(uids[0]) == data[0]
+        subprocess.run([sys.executable, "-c", write, str(store),
+                        *map(str, paths)], check=True)
+        assert [reader.get(uid) for uid in uids] == data
+        assert reader.verify().ok
+    assert index_format_version(store) == 4
+    assert len(_values(store, "record_bases")) == 1
+
+
+def test_a_record_of_a_form_from_a_newer_format_is_named_so(tmp_path):
+    """A reader opened before a newer pacsstore raised the index's format
+    and wrote a record of a form this one does not know: the error says
+    so, rather than calling the record damaged."""
+    store = tmp_path / "store"
+    with Archive(store) as archive:
+        uid = archive.store(_copy(0, 1)).sop_instance_uid
+    newer = ("import lmdb, struct, sys\n"
+             "env = lmdb.open(sys.argv[1], max_dbs=16)\n"
+             "with env.begin(write=True) as txn:\n"
+             "    txn.put(b'format_version', struct.pack('<I', 99),\n"
+             "            db=env.open_db(b'meta', txn=txn))\n"
+             "    txn.put(sys.argv[2].encode(), b'\\x7f' + bytes(20),\n"
+             "            db=env.open_db(b'instances', txn=txn))\n")
+    with Archive(store, readonly=True) as reader:
+        subprocess.run([sys.executable, "-c", newer, str(store / "index"),
+                        uid], check=True)
+        with pytest.raises(NewerFormatError, match="format version 99"):
+            reader.get(uid)
+
+
+def test_a_resend_onto_a_damaged_record_is_refused_alone(tmp_path):
+    """A damaged base makes the stored records of its series unreadable.
+    A store_many with a re-send of one of them between two new
+    instances refuses the re-send alone (DamagedCopyError: is it a
+    re-send, what would it replace?) and stores the others. Before, the
+    committer's read of the stored record raised for the whole batch,
+    and store_many with skip_invalid raised with nothing stored."""
+    store = tmp_path / "store"
+    with Archive(store) as archive:
+        uids = [r.sop_instance_uid for r in
+                archive.store_many([_copy(n, 1) for n in range(2)])]
+    number = _base_of(_values(store, "instances")[uids[1].encode()])
+    key = struct.pack(">I", number)
+    value = bytearray(_values(store, "record_bases")[key])
+    value[len(value) // 2] ^= 0xFF
+    _put(store, "record_bases", key, bytes(value))
+    batch = [_copy(0, 2), _copy(1, 1), _copy(0, 3)]
+    with Archive(store) as archive:
+        results = archive.store_many(batch, skip_invalid=True)
+        assert [r.status for r in results] == ["stored", "rejected",
+                                               "stored"]
+        assert "index record of its earlier copy is damaged" in \
+            results[1].error
+        assert archive.get(results[0].sop_instance_uid) == batch[0]
+        assert archive.get(results[2].sop_instance_uid) == batch[2]
+        with pytest.raises(DamagedCopyError):
+            archive.store(_copy(1, 1))

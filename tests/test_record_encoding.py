@@ -113,8 +113,8 @@ def test_stored_records_are_their_manifests_content(tmp_path):
                     for uid in uids]
             bases = base_values(txn, index.db["record_bases"])
         assert [raw[0] for raw in raws] == [COMPACT] * 2 + [AGAINST_BASE] * 3
-        assert len(raws[2]) == 17   # the base's own record
-        assert all(len(raw) > 17 for raw in raws[3:])
+        assert len(raws[2]) == 21   # the base's own record: its CRC32
+        assert all(len(raw) > 21 for raw in raws[3:])
         assert len(bases) == 1
         for uid, raw in zip(uids, raws):
             record = archive.record(uid)
@@ -127,7 +127,7 @@ def test_stored_records_are_their_manifests_content(tmp_path):
             assert content == dumps(record) == instance_json(raw, bases)
             if raw[0] == COMPACT:
                 assert raw[13:] == record_dictionary.compress(content)
-            elif len(raw) == 17:
+            elif len(raw) == 21:
                 number = struct.unpack_from("<I", raw, 13)[0]
                 assert bases[number] == record_dictionary.compress(content)
 

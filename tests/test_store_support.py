@@ -65,6 +65,7 @@ def instance_json(raw: bytes, base_values: dict[int, bytes]) -> bytes:
     and not with pacsstore's decoder: compact (0x01), or against a base
     record (0x02) whose value ``base_values`` gives by number."""
     import struct
+    import zlib
 
     import zstandard
 
@@ -75,7 +76,8 @@ def instance_json(raw: bytes, base_values: dict[int, bytes]) -> bytes:
     assert raw[0] == 0x02
     (number,) = struct.unpack_from("<I", raw, 13)
     base = dictionary.decompress(base_values[number])
-    if len(raw) == 17:
+    if len(raw) == 21:   # a reference: the CRC32 of the base's content
+        assert struct.unpack_from("<I", raw, 17)[0] == zlib.crc32(base)
         return base
     against = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(
         base, dict_type=zstandard.DICT_TYPE_RAWCONTENT))

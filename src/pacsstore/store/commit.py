@@ -65,6 +65,7 @@ from pacsstore.store.faults import crash_point
 from pacsstore.store.hierarchy import link_instance, unlink_instance
 from pacsstore.store.index import BlockEntry, Index
 from pacsstore.store.prepare import PlacedBlock, Prepared
+from pacsstore.store.records import DamagedRecord
 from pacsstore.store.results import StoreResult
 from pacsstore.store.segments import (
     SegmentReader,
@@ -384,7 +385,16 @@ class Committer:
     def _apply(self, txn: lmdb.Transaction, item: Prepared
                ) -> StoreResult | PacsstoreError:
         record = item.record
-        stored = self._index.record(txn, "instance", item.uid)
+        try:
+            stored = self._index.record(txn, "instance", item.uid)
+        except DamagedRecord as exc:
+            # Whether this is a re-send, and what it would replace, is
+            # unknown: refuse it alone, before it writes anything.
+            log.error("not storing %s: %s", item.uid, exc)
+            return DamagedCopyError(
+                f"instance {item.uid} is not stored: the index record of "
+                f"its earlier copy is damaged ({exc.reason}); `pacsstore "
+                f"rebuild-index` makes the index again from the segments")
         status = results.STORED
         if stored is not None:
             if same_content(stored, record):

@@ -74,12 +74,14 @@ from pacsstore.store.record_bases import (
 )
 from pacsstore.store.records import (
     AGAINST_BASE,
+    DamagedRecord,
     against_base,
     compact,
-    decode_instance,
     dumps,
     instance_for_commit,
+    instance_record,
     loads,
+    reference_to_base,
     without_manifest,
 )
 
@@ -308,6 +310,8 @@ class Index:
         # The _Buffered of the write transaction a thread is inside.
         self._local = threading.local()
         self._bases = RecordBases()
+        # Guards the late opening of the base records' database.
+        self._opening = threading.Lock()
         self._decoded = _DecodedRecords()
         self.env = _open_environment(path, readonly=readonly,
                                      map_size=map_size)
@@ -423,24 +427,33 @@ class Index:
         """Run ``work`` in one durable write transaction, growing the map
         and running it again (after ``on_retry``) when it is full."""
         while True:
+            # The record bases the writer remembers before the
+            # transaction: those it chose inside go with it if it aborts.
+            remembered = self._bases.remembered()
             try:
                 # Inside the gate, so that close() waits for the commit.
                 with self._gate.reading(), \
                         self.env.begin(write=True) as txn:
                     return self._buffering(txn, work)
             except lmdb.MapFullError:
+                self._bases.restore(remembered)
                 if on_retry is not None:
                     on_retry()
                 self._grow()
             except lmdb.DiskError as exc:  # ENOSPC writing the pages
+                self._bases.restore(remembered)
                 raise _out_of_space(exc) from exc
             except lmdb.Error as exc:
+                self._bases.restore(remembered)
                 # LMDB reports a write of its pages that the disk cut
                 # short as EIO: on a full disk, that is what ENOSPC looks
                 # like.
                 if not _nearly_full(self.path):
                     raise
                 raise _out_of_space(exc) from exc
+            except BaseException:
+                self._bases.restore(remembered)
+                raise
 
     def _buffering(self, txn: lmdb.Transaction,
                    work: Callable[[lmdb.Transaction], T]) -> T:
@@ -532,12 +545,46 @@ class Index:
         raw = txn.get(key(uid), db=self.db["instances"])
         if raw is None:
             return None
-        return self._decoded.record(uid, raw, self.bases_in(txn))
+        with self._newer_format_named(txn):
+            return self._decoded.record(uid, raw, self.bases_in(txn))
 
     def bases_in(self, txn: lmdb.Transaction) -> BaseLookup:
         """The base records that instance records read in ``txn`` may be
         written against."""
-        return self._bases.reader(txn, self.db["record_bases"])
+        return self._bases.reader(txn, self._record_bases_db())
+
+    def _record_bases_db(self) -> Any:
+        """The base records' database; None while the index has none.
+        An index opened read-only before a writer raised it to version 4
+        had none to open then, and may have one now."""
+        db = self.db["record_bases"]
+        if db is None:
+            with self._opening:
+                db = self.db["record_bases"]
+                if db is None:
+                    try:
+                        db = self.env.open_db(b"record_bases", create=False)
+                    except lmdb.NotFoundError:
+                        return None
+                    self.db["record_bases"] = db
+        return db
+
+    @contextlib.contextmanager
+    def _newer_format_named(self, txn: lmdb.Transaction) -> Iterator[None]:
+        """A record that does not decode is named as damaged, unless the
+        index was raised to a newer format since it was opened: then the
+        record is of a form this pacsstore does not know."""
+        try:
+            yield
+        except DamagedRecord:
+            raw = txn.get(b"format_version", db=self.db["meta"])
+            version = _U32.unpack(raw)[0] if raw and len(raw) == 4 else 0
+            if version > INDEX_FORMAT_VERSION:
+                raise NewerFormatError(
+                    f"the index was raised to format version {version} "
+                    f"after this pacsstore opened it; it reads up to "
+                    f"{INDEX_FORMAT_VERSION}") from None
+            raise
 
     def _stored_record(self, txn: lmdb.Transaction, level: str,
                        name: str) -> dict[str, Any] | None:
@@ -547,8 +594,8 @@ class Index:
     def _decode(self, txn: lmdb.Transaction, level: str, name: str,
                 raw: bytes) -> dict[str, Any]:
         if level == "instance":
-            return decode_instance(raw, f"instance {name}",
-                                   self.bases_in(txn))
+            with self._newer_format_named(txn):
+                return instance_record(raw, name, self.bases_in(txn))
         return loads(raw, f"{level} {name}")
 
     def _make_room(self, buffered: _Buffered) -> None:
@@ -586,7 +633,7 @@ class Index:
         reference to it, when the choice makes a new base."""
         record = NewRecord(uid, segment, offset, encoded_record, frame,
                            compact(segment, offset, frame))
-        chosen = self._bases.choose(txn, self.db["record_bases"], series,
+        chosen = self._bases.choose(txn, self._record_bases_db(), series,
                                     record)
         if chosen is None:
             return record.value
@@ -595,9 +642,12 @@ class Index:
                 txn.get(key(first.uid), db=self.db["instances"]) == \
                 first.value:
             txn.put(key(first.uid),
-                    against_base(first.segment, first.offset,
-                                 chosen.number, b""),
+                    reference_to_base(first.segment, first.offset,
+                                      chosen.number, first.content),
                     db=self.db["instances"])
+        if not chosen.frame:
+            return reference_to_base(segment, offset, chosen.number,
+                                     encoded_record)
         return against_base(segment, offset, chosen.number, chosen.frame)
 
     def _instance_value(self, txn: lmdb.Transaction, uid: str,
@@ -779,12 +829,12 @@ class _DecodedRecords:
         # A record against a base is not kept: what it decodes to
         # depends on the base as well as on its own bytes.
         if len(raw) < self.SMALLEST or raw[0] == AGAINST_BASE:
-            return decode_instance(raw, f"instance {uid}", bases)
+            return instance_record(raw, uid, bases)
         with self._lock:
             kept = self._kept.get(uid)
         if kept is not None and kept[0] == raw:
             return kept[1]
-        record = decode_instance(raw, f"instance {uid}", bases)
+        record = instance_record(raw, uid, bases)
         with self._lock:
             if len(self._kept) >= self.ENTRIES:
                 self._kept.pop(next(iter(self._kept)))

@@ -40,6 +40,7 @@ import collections
 import dataclasses
 import struct
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +76,7 @@ class Base:
         self.content = content
         self._dictionary = zstandard.ZstdCompressionDict(
             content, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+        self.content_crc = zlib.crc32(content)
         self._compressor: zstandard.ZstdCompressor | None = None
         self._local = threading.local()
 
@@ -157,6 +159,10 @@ class RecordBases:
             return None
         with self._lock:
             found = recall(self._series, series)
+        if isinstance(found, NewRecord) and found.uid == record.uid:
+            # The first record sent again with other content: it is the
+            # series' first record still, not a base of itself.
+            found = None
         first = found if isinstance(found, NewRecord) else None
         if first is not None:
             base = Base(None, first.compact, first.content)
@@ -180,6 +186,20 @@ class RecordBases:
                 keep(self._series, series, base, REMEMBERED)
         assert base.number is not None
         return Choice(base.number, frame, first)
+
+    def remembered(self) -> collections.OrderedDict[str, Base | NewRecord]:
+        """What the writer remembers now, for ``restore``."""
+        with self._lock:
+            return collections.OrderedDict(self._series)
+
+    def restore(self,
+                remembered: collections.OrderedDict[str, Base | NewRecord]
+                ) -> None:
+        """Forget what was chosen since ``remembered``: the transaction
+        that chose it aborted, and a retry must not find its own records
+        as first records, nor bases the index does not hold."""
+        with self._lock:
+            self._series = collections.OrderedDict(remembered)
 
     @staticmethod
     def _put(txn: lmdb.Transaction, db: Any, base: Base) -> None:

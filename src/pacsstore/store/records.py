@@ -16,8 +16,8 @@ keeps it in one of two forms, told apart by the first byte:
   the preparing thread compressed and compresses nothing itself.
 - against a base (0x02, index format 4): the segment and offset, the
   number (u32) of a base record of its series (record_bases.py), then
-  the record as a zstd frame compressed against that base; no frame at
-  all when the record is the base itself.
+  the record as a zstd frame compressed against that base; or, when the
+  record is the base's content itself, the CRC32 of that content.
 
 A record is about 2 KB of JSON: in its JSON form it took a page of
 overflow of its own in LMDB (4 KiB, often two), and the corpus's 1,778
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,7 @@ AGAINST_BASE = 0x02
 _JSON = ord("{")
 _POSITION = struct.Struct("<BIQ")   # the form, segment, offset
 _AGAINST = struct.Struct("<BIQI")   # ... and the base's number
+_CRC = struct.Struct("<I")          # a reference's CRC32 of its content
 
 
 class DamagedRecord(CorruptStoreError):
@@ -72,8 +74,18 @@ def instance_for_commit(encoded_record: bytes, manifest: EncodedBlock,
 def against_base(segment: int, offset: int, base: int,
                  frame: bytes) -> bytes:
     """The index value of a record written against base ``base`` as
-    ``frame`` (empty for the base's own record)."""
+    ``frame``, a zstd frame."""
     return _AGAINST.pack(AGAINST_BASE, segment, offset, base) + frame
+
+
+def reference_to_base(segment: int, offset: int, base: int,
+                      content: bytes) -> bytes:
+    """The index value of a record that is the content of base ``base``:
+    the base's number, then the CRC32 of ``content``, so that a base
+    number changed by damage, or given to another base since, is not
+    read as this record (a frame carries zstd's checksum instead)."""
+    return _AGAINST.pack(AGAINST_BASE, segment, offset, base) + \
+        _CRC.pack(zlib.crc32(content))
 
 
 def compact(segment: int, offset: int, frame: bytes) -> bytes:
@@ -126,6 +138,20 @@ def decode_instance(raw: bytes, where: str,
                                    "its manifest's place")
     record["manifest"] = [segment, offset]
     return _checked(record, where)
+
+
+def instance_record(raw: bytes, uid: str,
+                    bases: BaseLookup | None = None) -> dict[str, Any]:
+    """The record of instance ``uid`` that the index value ``raw`` holds;
+    DamagedRecord when it holds none, or the record of another instance
+    (identity is not taken on trust: a damaged value must not give
+    another patient's instance)."""
+    where = f"instance {uid}"
+    record = decode_instance(raw, where, bases)
+    if record["sop_instance_uid"] != uid:
+        raise DamagedRecord(where, f"it names SOP Instance UID "
+                                   f"{record['sop_instance_uid']}")
+    return record
 
 
 # LMDB refuses keys above 511 bytes; UIDs and patient IDs are at most 64
@@ -222,18 +248,28 @@ def _decompress(frame: memoryview, where: str) -> bytes:
         raise DamagedRecord(where, f"it {exc}") from None
 
 
-def _against_base(number: int, frame: memoryview,
+def _against_base(number: int, rest: memoryview,
                   bases: BaseLookup | None, where: str) -> bytes:
+    """The content of a record of form 0x02 whose bytes after the struct
+    are ``rest``: a reference's CRC32, or a frame against the base."""
     if bases is None:
         raise DamagedRecord(where, "it is written against a base record, "
                                    "and no base records were given")
+    if len(rest) < _CRC.size:
+        raise DamagedRecord(where, f"{_AGAINST.size + len(rest)} bytes "
+                                   f"are too few")
     try:
         base = bases(number)
-        return base.decompress(frame) if len(frame) else base.content
+        if len(rest) > _CRC.size:
+            return base.decompress(rest)
     except BaseDamage as exc:
         raise DamagedRecord(where, f"its {exc}") from None
     except zstd_frames.FrameDamage as exc:
         raise DamagedRecord(where, f"it {exc}") from None
+    if _CRC.unpack(rest)[0] != base.content_crc:
+        raise DamagedRecord(where, f"its base record {number} is not the "
+                                   f"record it refers to (CRC32 differs)")
+    return base.content
 
 
 def with_manifest(encoded: bytes, segment: int, offset: int) -> bytes:

@@ -61,8 +61,8 @@ from pacsstore.store.index import (
 )
 from pacsstore.store.records import (
     DamagedRecord,
-    decode_instance,
     dumps,
+    instance_record,
     loads,
     record_defect,
 )
@@ -390,15 +390,11 @@ class _Verification:
 
     def load_record(self, uid: str, raw: bytes) -> dict[str, Any] | None:
         try:
-            record = decode_instance(raw, f"instance {uid}",
-                                     self.index.bases_in(self.txn))
+            record = instance_record(raw, uid, self.index.bases_in(self.txn))
         except DamagedRecord as exc:
             defect = exc.reason
         else:
             defect = record_defect(record)
-            if defect is None and record["sop_instance_uid"] != uid:
-                defect = (f"it names SOP Instance UID "
-                          f"{record['sop_instance_uid']}")
             if defect is None:
                 return record
         self.problem(RECORD, None, None, uid,
