@@ -31,3 +31,32 @@ def test_block_header_claiming_a_huge_payload_is_corrupt_store(
     with Archive(tmp_path / "s", readonly=True) as archive:
         with pytest.raises(CorruptStoreError, match="payload"):
             archive.get(uid)
+
+
+@pytest.mark.parametrize("bit", [20, 31, 40, 62])
+def test_an_index_entry_claiming_a_huge_payload_is_corrupt_store(
+        tmp_path, bit):
+    """The same for the index's entry of the block: its stored length
+    sizes the one read of header and payload, so a flipped high bit
+    asked for up to exabytes (MemoryError, or 2 GB taken, in get and in
+    verify) before the header could say otherwise. The segment's size
+    bounds that read now."""
+    data = corpus_bytes(CT_SMALL)
+    entry_layout = struct.Struct("<IQQQBBI")
+    store = tmp_path / "s"
+    with Archive(store) as archive:
+        uid = archive.store(data).sop_instance_uid
+        name = bytes.fromhex(archive.record(uid)["blocks"][0])
+        index = archive._index
+
+        def damage(txn):
+            fields = list(entry_layout.unpack(
+                txn.get(name, db=index.db["blocks"])))
+            fields[3] ^= 1 << bit   # the stored length
+            txn.put(name, entry_layout.pack(*fields), db=index.db["blocks"])
+        index.write(damage)
+    with Archive(store, readonly=True) as archive:
+        with pytest.raises(CorruptStoreError, match="stated length|payload"):
+            archive.get(uid)
+        assert "unreadable-instance" in {p.kind for p in
+                                         archive.verify().problems}

@@ -551,9 +551,24 @@ class Index:
     def bases_in(self, txn: lmdb.Transaction) -> BaseLookup:
         """The base records that instance records read in ``txn`` may be
         written against."""
-        return self._bases.reader(txn, self._record_bases_db())
+        db = self.record_bases_db()
 
-    def _record_bases_db(self) -> Any:
+        def stored_base(base_key: bytes) -> bytes | None:
+            if db is None:
+                return None
+            try:
+                return txn.get(base_key, db=db)
+            except lmdb.InvalidParameterError:
+                # The database was opened after ``txn`` began (a writer
+                # raised the index to version 4 since this reader opened
+                # it), and LMDB does not let ``txn`` use it. A base is
+                # never rewritten, so a newer snapshot holds what ``txn``
+                # would; the record's CRC32 or checksum says if not.
+                with self.read() as newer:
+                    return newer.get(base_key, db=db)
+        return self._bases.reader(stored_base)
+
+    def record_bases_db(self) -> Any:
         """The base records' database; None while the index has none.
         An index opened read-only before a writer raised it to version 4
         had none to open then, and may have one now."""
@@ -633,7 +648,7 @@ class Index:
         reference to it, when the choice makes a new base."""
         record = NewRecord(uid, segment, offset, encoded_record, frame,
                            compact(segment, offset, frame))
-        chosen = self._bases.choose(txn, self._record_bases_db(), series,
+        chosen = self._bases.choose(txn, self.record_bases_db(), series,
                                     record)
         if chosen is None:
             return record.value

@@ -53,6 +53,7 @@ from pacsstore.store.lru import keep, recall
 # The index key of a base: its number, big-endian, so that a new one
 # (the last number plus one) is appended at the end of its database.
 KEY = struct.Struct(">I")
+LARGEST_NUMBER = 0xFFFFFFFF
 # Records larger than this (in JSON) neither become bases nor are written
 # against one: a many-frame object's record lists thousands of digests,
 # which no other record shares, and a base is held in memory.
@@ -181,7 +182,10 @@ class RecordBases:
         if len(frame) >= len(record.compact):
             return None
         if first is not None:
-            self._put(txn, db, base)
+            base.number = _next_number(txn, db)
+            if base.number is None:
+                return None
+            txn.put(KEY.pack(base.number), base.stored, db=db)
             with self._lock:
                 keep(self._series, series, base, REMEMBERED)
         assert base.number is not None
@@ -201,20 +205,13 @@ class RecordBases:
         with self._lock:
             self._series = collections.OrderedDict(remembered)
 
-    @staticmethod
-    def _put(txn: lmdb.Transaction, db: Any, base: Base) -> None:
-        """Put ``base`` in the index as the next number."""
-        cursor = txn.cursor(db=db)
-        base.number = KEY.unpack(cursor.key())[0] + 1 if cursor.last() \
-            else 1
-        txn.put(KEY.pack(base.number), base.stored, db=db)
-
-    def reader(self, txn: lmdb.Transaction, db: Any) -> BaseLookup:
-        """The bases as ``txn`` sees them, by number; BaseDamage for one
-        it does not hold or that does not decompress."""
+    def reader(self, stored_base: Callable[[bytes], bytes | None]
+               ) -> BaseLookup:
+        """The bases by number, their values read by ``stored_base``
+        (None for a key the index does not hold); BaseDamage for one
+        that is missing or does not decompress."""
         def base(number: int) -> Base:
-            stored = None if db is None else txn.get(KEY.pack(number),
-                                                     db=db)
+            stored = stored_base(KEY.pack(number))
             if stored is None:
                 raise BaseDamage(f"base record {number} is missing")
             with self._lock:
@@ -232,3 +229,28 @@ class RecordBases:
             return kept
         return base
 
+
+def _next_number(txn: lmdb.Transaction, db: Any) -> int | None:
+    """One more than the largest base number the index holds, past keys
+    that are not numbers (damage, which verify reports); None when no
+    number is left, and then no more bases are made (only ratio is
+    lost until a rebuild of the index)."""
+    cursor = txn.cursor(db=db)
+    found = cursor.last()
+    while found and len(cursor.key()) != KEY.size:
+        found = cursor.prev()
+    number = KEY.unpack(cursor.key())[0] + 1 if found else 1
+    return number if number <= LARGEST_NUMBER else None
+
+
+def base_defect(key: bytes, value: bytes) -> str | None:
+    """What is wrong with the base record ``value`` kept under ``key``,
+    or None: verify's check of every base record."""
+    if len(key) != KEY.size:
+        return f"a base record's key is not a 4-byte number: {key!r}"
+    (number,) = KEY.unpack(key)
+    try:
+        zstd_frames.content_of(record_dictionary.decompressor(), value)
+    except zstd_frames.FrameDamage as exc:
+        return f"base record {number} {exc}"
+    return None

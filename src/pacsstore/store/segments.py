@@ -523,6 +523,8 @@ class StreamSegments:
 # A block's payload is read into a reused per-thread buffer: it is only
 # checked and decompressed, never kept (store/scratch.py).
 _payload_scratch = ThreadScratch()
+# Reads longer than this check the segment's size first (one fstat).
+_LENGTH_CHECKED_ABOVE = 1 << 20
 
 
 class SegmentReader:
@@ -670,9 +672,20 @@ class SegmentReader:
             view[blocks.HEADER_SIZE:], where
 
     def _pread(self, number: int, offset: int, length: int) -> memoryview:
-        view = _payload_scratch.view(length)
         with self._reading():
-            count = os.preadv(self._fd(number), [view], offset)
+            fd = self._fd(number)
+            if length > _LENGTH_CHECKED_ABOVE:
+                # A length from the index or a block header sizes the
+                # buffer: a damaged one must not ask for gigabytes.
+                size = os.fstat(fd).st_size
+                if offset + length > size:
+                    raise CorruptStoreError(
+                        f"block at segment {number} offset {offset} would "
+                        f"end at byte {offset + length}, past the end of "
+                        f"its segment ({size} bytes): its stated length "
+                        f"is damaged")
+            view = _payload_scratch.view(length)
+            count = os.preadv(fd, [view], offset)
         return view[:count]
 
     @staticmethod

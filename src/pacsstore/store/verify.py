@@ -59,6 +59,7 @@ from pacsstore.store.index import (
     Index,
     unkey,
 )
+from pacsstore.store.record_bases import base_defect
 from pacsstore.store.records import (
     DamagedRecord,
     dumps,
@@ -87,6 +88,7 @@ MISPLACED_BLOCK = "misplaced-block"
 UNINDEXED_BLOCK = "unindexed-block"
 MANIFEST = "manifest"
 RECORD = "record"                        # an unusable instance record
+BASE_RECORD = "base-record"              # an unusable base record
 COUNTER = "counter"
 
 # SQLite's page cache for the scratch tables: beyond it they spill to
@@ -284,6 +286,7 @@ class _Verification:
     def run(self) -> VerifyReport:
         self.check_segments()
         self.check_instances()
+        self.check_record_bases()
         self.check_blocks()
         self.attribute_damage()
         return self.report
@@ -387,6 +390,26 @@ class _Verification:
             self.check_manifest(uid, record)
         if self.complete_records:
             self.check_counter(LOGICAL_BYTES, logical)
+
+    def check_record_bases(self) -> None:
+        """Every base record, used or not: a damaged one that no record
+        names yet would fail the records the writer puts against it."""
+        db = self.index.record_bases_db()
+        if db is None:
+            return
+        try:
+            bases = list(self.txn.cursor(db=db))
+        except lmdb.InvalidParameterError:
+            # Opened after this snapshot began: a writer raised the index
+            # to version 4 since this reader opened it. The records read
+            # above were decoded with those bases.
+            return
+        for key, value in bases:
+            defect = base_defect(bytes(key), bytes(value))
+            if defect is not None:
+                self.problem(BASE_RECORD, None, None, None,
+                             f"{defect}; `pacsstore rebuild-index` makes "
+                             f"the base records again")
 
     def load_record(self, uid: str, raw: bytes) -> dict[str, Any] | None:
         try:
