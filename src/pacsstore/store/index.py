@@ -132,6 +132,20 @@ MAX_BUFFERED_RECORDS = 10_000
 T = TypeVar("T")
 
 
+class DamagedBlockEntry(CorruptStoreError):
+    """A block entry of the index that does not describe a block a
+    segment could hold."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"a block entry of the index is damaged: {reason}")
+        self.reason = reason
+
+
+# Positions in a file are signed 64-bit numbers; a segment is far
+# smaller, so anything past 2**62 is damage.
+_LARGEST_POSITION = 1 << 62
+
+
 @dataclass(frozen=True)
 class BlockEntry:
     segment: int
@@ -149,7 +163,19 @@ class BlockEntry:
 
     @classmethod
     def decode(cls, raw: bytes) -> BlockEntry:
-        return cls(*_BLOCK.unpack(raw))
+        """The entry ``raw`` holds; DamagedBlockEntry when it is not one
+        a segment could hold (a file position is a signed 64-bit
+        number: a flipped high bit reached preadv as an OverflowError)."""
+        if len(raw) != _BLOCK.size:
+            raise DamagedBlockEntry(f"{len(raw)} bytes, not "
+                                    f"{_BLOCK.size}")
+        entry = cls(*_BLOCK.unpack(raw))
+        if entry.offset + entry.stored_length > _LARGEST_POSITION or \
+                entry.raw_length > _LARGEST_POSITION:
+            raise DamagedBlockEntry(
+                f"it places {entry.stored_length} bytes at offset "
+                f"{entry.offset}, past any file")
+        return entry
 
     def with_refcount(self, refcount: int) -> BlockEntry:
         return BlockEntry(self.segment, self.offset, self.raw_length,

@@ -56,6 +56,7 @@ from pacsstore.store.blocks import BlockHeader, Kind
 from pacsstore.store.commit import DEDUP_SAVED, LOGICAL_BYTES
 from pacsstore.store.index import (
     BlockEntry,
+    DamagedBlockEntry,
     Index,
     unkey,
 )
@@ -529,13 +530,14 @@ class _Verification:
 
     def check_blocks(self) -> None:
         for digest, raw in self.txn.cursor(db=self.index.db["blocks"]):
-            entry = _entry(raw)
-            if entry is None:
+            try:
+                entry = BlockEntry.decode(raw)
+            except DamagedBlockEntry as exc:
                 self.complete_records = False
                 self.problem(BLOCK_ENTRY, None, None,
                              self.scratch.first_user(digest),
                              f"the index entry of block {digest.hex()} is "
-                             f"damaged: {len(raw)} bytes")
+                             f"damaged: {exc.reason}")
             else:
                 self.scratch.add_indexed(digest, entry)
         self.scratch.index_indexed()
@@ -643,7 +645,7 @@ def _entry(raw: bytes) -> BlockEntry | None:
     """A block entry of the index, or None when it is damaged."""
     try:
         return BlockEntry.decode(raw)
-    except struct.error:
+    except DamagedBlockEntry:
         return None
 
 
