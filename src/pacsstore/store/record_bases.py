@@ -26,12 +26,17 @@ records written against it only when every instance of its series is
 replaced, and then costs the bytes of one record.
 
 The writer (``RecordBases.choose``) remembers the bases, or first
-records, of the last series it wrote. Before it uses a base, it checks
-that the index holds it as remembered, byte for byte: a transaction
-that aborted took its new base away, and a rebuild gives its numbers to
-other bases. Readers (``RecordBases.reader``) keep decoded bases under
-the same check, and per thread their decompression contexts, which cost
-more to make than a record takes to decompress.
+records, of the last series it wrote; what it chose in a transaction
+that aborts is forgotten with it (``remembered`` and ``restore``, which
+Index.write calls). Before it uses a base, it checks that the index
+holds it as remembered, byte for byte: another process, or a rebuild,
+may have given its number to another base. Readers
+(``RecordBases.reader``) keep decoded bases under the same check, and
+per thread their decompression contexts, which cost more to make than
+a record takes to decompress. A reference (a record that is its base's
+content) carries the CRC32 of that content, and readers check that a
+record names the instance asked for (records.instance_record), so that
+a base number changed by damage is not followed to another instance.
 """
 
 from __future__ import annotations
