@@ -457,29 +457,32 @@ class Index:
             # transaction: those it chose inside go with it if it aborts.
             remembered = self._bases.remembered()
             try:
-                # Inside the gate, so that close() waits for the commit.
-                with self._gate.reading(), \
-                        self.env.begin(write=True) as txn:
-                    return self._buffering(txn, work)
+                return self._write_once(work)
             except lmdb.MapFullError:
                 self._bases.restore(remembered)
                 if on_retry is not None:
                     on_retry()
                 self._grow()
-            except lmdb.DiskError as exc:  # ENOSPC writing the pages
-                self._bases.restore(remembered)
-                raise _out_of_space(exc) from exc
-            except lmdb.Error as exc:
-                self._bases.restore(remembered)
-                # LMDB reports a write of its pages that the disk cut
-                # short as EIO: on a full disk, that is what ENOSPC looks
-                # like.
-                if not _nearly_full(self.path):
-                    raise
-                raise _out_of_space(exc) from exc
             except BaseException:
                 self._bases.restore(remembered)
                 raise
+
+    def _write_once(self, work: Callable[[lmdb.Transaction], T]) -> T:
+        """``work`` in one write transaction, a full disk named as such."""
+        try:
+            # Inside the gate, so that close() waits for the commit.
+            with self._gate.reading(), self.env.begin(write=True) as txn:
+                return self._buffering(txn, work)
+        except lmdb.MapFullError:  # an lmdb.Error too: write() grows
+            raise
+        except lmdb.DiskError as exc:  # ENOSPC writing the pages
+            raise _out_of_space(exc) from exc
+        except lmdb.Error as exc:
+            # LMDB reports a write of its pages that the disk cut short
+            # as EIO: on a full disk, that is what ENOSPC looks like.
+            if not _nearly_full(self.path):
+                raise
+            raise _out_of_space(exc) from exc
 
     def _buffering(self, txn: lmdb.Transaction,
                    work: Callable[[lmdb.Transaction], T]) -> T:

@@ -177,8 +177,8 @@ class RecordBases:
             base = found
         else:
             # Unknown, or a base the index no longer holds as it was
-            # remembered: a transaction that aborted took it away, or a
-            # rebuild gave its number to another.
+            # remembered: another process or a rebuild gave its number
+            # to another base.
             with self._lock:
                 keep(self._series, series, record, REMEMBERED)
             return None
@@ -223,12 +223,7 @@ class RecordBases:
                 kept = recall(self._read, number)
             if kept is not None and kept.stored == stored:
                 return kept
-            try:
-                content = zstd_frames.content_of(
-                    record_dictionary.decompressor(), stored)
-            except zstd_frames.FrameDamage as exc:
-                raise BaseDamage(f"base record {number} {exc}") from None
-            kept = Base(number, bytes(stored), content)
+            kept = Base(number, bytes(stored), _content(number, stored))
             with self._lock:
                 keep(self._read, number, kept, READ_CACHE)
             return kept
@@ -253,9 +248,18 @@ def base_defect(key: bytes, value: bytes) -> str | None:
     or None: verify's check of every base record."""
     if len(key) != KEY.size:
         return f"a base record's key is not a 4-byte number: {key!r}"
-    (number,) = KEY.unpack(key)
     try:
-        zstd_frames.content_of(record_dictionary.decompressor(), value)
-    except zstd_frames.FrameDamage as exc:
-        return f"base record {number} {exc}"
+        _content(KEY.unpack(key)[0], value)
+    except BaseDamage as exc:
+        return str(exc)
     return None
+
+
+def _content(number: int, stored: bytes) -> bytes:
+    """The content of base ``number`` stored as ``stored`` (a frame
+    against the record dictionary); BaseDamage when it holds none."""
+    try:
+        return zstd_frames.content_of(record_dictionary.decompressor(),
+                                      stored)
+    except zstd_frames.FrameDamage as exc:
+        raise BaseDamage(f"base record {number} {exc}") from None
