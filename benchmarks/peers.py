@@ -13,6 +13,9 @@ it on a free port, waits until it listens and stops it on the way out.
   the encoded dataset to a file (or, with ``output=None``, does nothing).
 - pacsstore itself, as ``pacsstore serve``, which answers only once an
   instance is durable.
+- The durable floor: the node's network path in front of nothing but an
+  append and an fdatasync of each dataset, the least any receiver that
+  answers only once an instance is durable does.
 
 DCMTK's tools and Orthanc (which receives through DCMTK) get
 TCP_NODELAY=1 in their environment; pacsstore and the pynetdicom peer
@@ -90,6 +93,19 @@ def pacsstore_node(store: Path, log: Path | None = None, *,
         command += ["--config", str(config)]
     with server(command, ready=lambda: listening(port),
                 log=log or store.parent / f"{store.name}.log") as process:
+        yield Endpoint(port, PACSSTORE_AE, process.pid)
+
+
+@contextlib.contextmanager
+def durable_floor(log: Path, size: int) -> Iterator[Endpoint]:
+    """The node's network path in front of a durable write to ``log``
+    and nothing else (:mod:`benchmarks.durable_floor`); ``size`` bytes
+    of the log are written with zeros beforehand."""
+    port = free_port()
+    command = [sys.executable, "-m", "benchmarks.durable_floor",
+               str(port), str(log), str(size)]
+    with server(command, ready=lambda: listening(port),
+                log=log.parent / f"{log.name}.out") as process:
         yield Endpoint(port, PACSSTORE_AE, process.pid)
 
 
