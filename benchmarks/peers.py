@@ -97,15 +97,18 @@ def pacsstore_node(store: Path, log: Path | None = None, *,
 
 
 @contextlib.contextmanager
-def durable_floor(log: Path, size: int) -> Iterator[Endpoint]:
+def durable_floor(log: Path | None, size: int, output: Path
+                  ) -> Iterator[Endpoint]:
     """The node's network path in front of a durable write to ``log``
-    and nothing else (:mod:`benchmarks.durable_floor`); ``size`` bytes
-    of the log are written with zeros beforehand."""
+    and nothing else, or in front of nothing when ``log`` is None
+    (:mod:`benchmarks.durable_floor`); ``size`` bytes of the log are
+    written with zeros beforehand. The process's output goes to
+    ``output``."""
     port = free_port()
     command = [sys.executable, "-m", "benchmarks.durable_floor",
-               str(port), str(log), str(size)]
+               str(port), str(log) if log else "-", str(size)]
     with server(command, ready=lambda: listening(port),
-                log=log.parent / f"{log.name}.out") as process:
+                log=output) as process:
         yield Endpoint(port, PACSSTORE_AE, process.pid)
 
 

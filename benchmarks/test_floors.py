@@ -5,13 +5,19 @@ every file, and each note reads its floor against the row's target."""
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
-from benchmarks.durable_floor import AppendOnlyLog, count_records
+import pytest
+
+from benchmarks.durable_floor import AppendOnlyLog, Discard, count_records
 from benchmarks.measure import Sample
+from benchmarks.peers import durable_floor
 from benchmarks.rows import Target
 from benchmarks.suite import ingest_api
 from benchmarks.suite.ingest_net import _floor_note
+from benchmarks.sending import STORESCU, send
 from benchmarks.work_floor import durable_copy
+from pacsstore.synthetic import write_structured_reports
 
 
 def test_log_holds_each_dataset_over_the_zeros(tmp_path):
@@ -31,6 +37,12 @@ def test_log_holds_each_dataset_over_the_zeros(tmp_path):
     assert len(raw) == sum(8 + len(d) for d in datasets)
 
 
+def test_discard_answers_and_keeps_nothing():
+    assert Discard().store_received(b"data", "1.2.840.10008.1.2.1",
+                                    sop_class_uid="1.2",
+                                    sop_instance_uid="3").status == "stored"
+
+
 def test_log_of_nothing_counts_none(tmp_path):
     path = tmp_path / "received.log"
     AppendOnlyLog(path, preallocate=1 << 16).close()
@@ -38,14 +50,36 @@ def test_log_of_nothing_counts_none(tmp_path):
     assert count_records(path) == 0
 
 
-def test_floor_note_names_the_ratio_and_whether_the_target_is_reachable():
+def test_floor_note_adds_the_durable_write_to_storescp():
+    # 1,000 instances: storescp 0.5 s, the network path alone 0.7 s,
+    # the floor 1.2 s: a durable write costs 0.5 ms an instance, and
+    # storescp with it would take 1.0 s, half its own rate.
+    storescp, orthanc = Sample.of([0.5]), Sample.of([2.5])
+    note = _floor_note(1000, Sample.of([1.2]), Sample.of([0.7]), storescp,
+                       [("storescp", storescp, Target(">=", 0.8)),
+                        ("Orthanc", orthanc, Target(">=", 3))])
+    assert "0.50 ms an instance" in note
+    assert "0.50x storescp and 2.50x Orthanc" in note
+    assert "reaches 0.8x storescp or 3x Orthanc here" in note
+
+
+def test_floor_note_says_when_a_durable_receiver_could_reach_it():
     storescp = Sample.of([1.0])
-    below = _floor_note(Sample.of([2.0]), storescp)
-    assert "0.50x storescp's rate" in below
-    assert "no receiver that answers only durable data reaches" in below
-    above = _floor_note(Sample.of([1.1]), storescp)
-    assert "0.91x storescp's rate" in above
-    assert "within reach" in above
+    note = _floor_note(100, Sample.of([0.6]), Sample.of([0.5]), storescp,
+                       [("storescp", storescp, Target(">=", 0.8))])
+    assert "1.67x storescp" in note
+    assert "within reach" in note
+
+
+def test_floor_note_takes_the_floor_when_it_beats_storescp_with_a_write():
+    # The node's network path is faster than storescp's (small
+    # instances): the floor itself is then the best durable receiver.
+    storescp = Sample.of([0.5])
+    note = _floor_note(1000, Sample.of([0.55]), Sample.of([0.35]),
+                       storescp, [("storescp", storescp, Target(">=", 0.8))])
+    assert "0.20 ms an instance" in note
+    assert "0.91x storescp" in note
+    assert "within reach" in note
 
 
 def test_work_floor_copies_and_names_every_file(tmp_path):
@@ -75,3 +109,16 @@ def test_work_floor_note_against_orthanc():
     above = ingest_api._floor_note(Sample.of([1.0]), Sample.of([6.0]),
                                    target)
     assert "within reach" in above
+
+
+@pytest.mark.skipif(not Path(STORESCU).exists(), reason="DCMTK not here")
+def test_durable_floor_node_takes_what_storescu_sends(tmp_path):
+    paths = write_structured_reports(tmp_path / "sent", 5, seed=3,
+                                     min_bytes=2000, max_bytes=4000)
+    log = tmp_path / "received.log"
+    with durable_floor(log, 1 << 16, tmp_path / "floor.out") as endpoint:
+        send(endpoint, paths)
+    records = count_records(log)
+    assert records == 5
+    with durable_floor(None, 0, tmp_path / "network.out") as endpoint:
+        send(endpoint, paths)
