@@ -102,13 +102,16 @@ def test_work_floor_copies_and_names_every_file(tmp_path):
 
 def test_work_floor_note_against_orthanc():
     target = Target(">=", 5)
-    below = ingest_api._floor_note(Sample.of([1.0]), Sample.of([3.0]),
-                                   target)
-    assert "3.00x Orthanc's rate" in below
-    assert "reaches the target of 5x" in below
-    above = ingest_api._floor_note(Sample.of([1.0]), Sample.of([6.0]),
-                                   target)
-    assert "within reach" in above
+
+    def note(floor, copy, orthanc):
+        return ingest_api._floor_note(Sample.of([floor]), Sample.of([copy]),
+                                      Sample.of([orthanc]), target)
+    neither = note(1.0, 0.8, 3.0)
+    assert "3.00x and 3.75x Orthanc's rate" in neither
+    assert "whatever it names its content by" in neither
+    copy_only = note(1.0, 0.5, 3.0)
+    assert "names its content by SHA-256" in copy_only
+    assert "within reach" in note(1.0, 0.5, 6.0)
 
 
 @pytest.mark.skipif(not Path(STORESCU).exists(), reason="DCMTK not here")
@@ -118,7 +121,8 @@ def test_durable_floor_node_takes_what_storescu_sends(tmp_path):
     log = tmp_path / "received.log"
     with durable_floor(log, 1 << 16, tmp_path / "floor.out") as endpoint:
         send(endpoint, paths)
-    records = count_records(log)
-    assert records == 5
+    assert count_records(log) == 5
+    # The network path alone answers every C-STORE too (send raises on a
+    # failure status), keeping nothing.
     with durable_floor(None, 0, tmp_path / "network.out") as endpoint:
         send(endpoint, paths)

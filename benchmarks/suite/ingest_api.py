@@ -70,22 +70,31 @@ def _row(context: Context, key: str, paths: list[Path], name: str,
         Comparison("pydicom read + write file", copy, copy_target),
         Comparison(WORK_FLOOR, floor),
         Comparison(DURABLE_COPY, bare),
-    ], [DURABILITY, _floor_note(floor, rest, orthanc_target)])
+    ], [DURABILITY, _floor_note(floor, bare, rest, orthanc_target)])
 
 
-def _floor_note(floor: Sample, orthanc: Sample, target: Target) -> str:
-    """What the work floor says of the row's target against Orthanc,
-    from the two medians of this run."""
-    reached = orthanc.median / floor.median
-    verdict = ("so no store that names its content by SHA-256 and "
-               f"answers durably reaches the target of {target.bound:g}x "
-               "here" if not target.met(reached) else
-               "so the target is within reach of such a store here")
+def _floor_note(floor: Sample, copy: Sample, orthanc: Sample,
+                target: Target) -> str:
+    """What the work floor and the durable copy say of the row's target
+    against Orthanc, from the medians of this run."""
+    hashed = orthanc.median / floor.median
+    bare = orthanc.median / copy.median
+    if not target.met(bare):
+        verdict = ("so no store that answers durably reaches the target of "
+                   f"{target.bound:g}x here, whatever it names its "
+                   "content by")
+    elif not target.met(hashed):
+        verdict = ("so no store that names its content by SHA-256 and "
+                   f"answers durably reaches the target of "
+                   f"{target.bound:g}x here")
+    else:
+        verdict = "so the target is within reach of such a store here"
     return ("the work floor reads each file, takes its SHA-256 and writes "
             "it into one file, on one thread per core, and fdatasyncs "
-            "that file once (no parse, compression or index); it ran at "
-            f"{reached:.2f}x Orthanc's rate in this run, {verdict}; the "
-            "durable copy is the same without the digest")
+            "that file once (no parse, compression or index); the durable "
+            "copy is the same without the digest. They ran at "
+            f"{hashed:.2f}x and {bare:.2f}x Orthanc's rate in this run, "
+            f"{verdict}")
 
 
 def _store_many(context: Context, paths: Sequence[Path]):
