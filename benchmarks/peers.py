@@ -58,9 +58,12 @@ class Endpoint:
 
 @contextlib.contextmanager
 def storescp(output: Path, *, fork: bool = False,
-             bit_preserving: bool = False) -> Iterator[Endpoint]:
+             bit_preserving: bool = False,
+             ignore: bool = False) -> Iterator[Endpoint]:
     """DCMTK's storescp writing into ``output``; ``fork`` serves each
-    association in a child process, as a busy storescp would run."""
+    association in a child process, as a busy storescp would run;
+    ``ignore`` receives every instance and answers, writing nothing
+    (DCMTK's network path alone)."""
     output.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [STORESCP, "--output-directory", str(output),
@@ -69,6 +72,8 @@ def storescp(output: Path, *, fork: bool = False,
         command.append("--fork")
     if bit_preserving:
         command.append("--bit-preserving")
+    if ignore:
+        command.append("--ignore")
     with server([*command, str(port)], ready=lambda: listening(port),
                 log=output.parent / f"{output.name}.log",
                 env=NODELAY_ENV) as process:
