@@ -63,7 +63,7 @@ def storescp(output: Path, *, fork: bool = False,
     """DCMTK's storescp writing into ``output``; ``fork`` serves each
     association in a child process, as a busy storescp would run;
     ``ignore`` receives every instance and answers, writing nothing
-    (DCMTK's network path alone)."""
+    (DCMTK's network path and its decode of each dataset)."""
     output.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [STORESCP, "--output-directory", str(output),

@@ -5,9 +5,9 @@ The time is the client's, from its start until it exits with the final
 response; every repetition checks that the destination received every
 instance of the study.
 
-This is how a viewing workstation pulls a study from the archive. There
-is no target for these rows in the benchmark's brief: they say how far
-retrieval is from the peer that serves the same files.
+This is how a viewing workstation pulls a study from the archive. These
+rows have no target: they say how far retrieval is from the peer that
+serves the same files.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def run(context: Context) -> list[Row]:
                     [Comparison("Orthanc", time(theirs))],
                     ["Study Root, study level, one association; "
                      f"maximum PDU {DCMTK_MAX_PDU:,} on every side; "
-                     "no target in the brief"]))
+                     "no target set"]))
     shutil.rmtree(received, ignore_errors=True)
     return rows
 
