@@ -13,9 +13,10 @@ it on a free port, waits until it listens and stops it on the way out.
   the encoded dataset to a file (or, with ``output=None``, does nothing).
 - pacsstore itself, as ``pacsstore serve``, which answers only once an
   instance is durable.
-- The durable floor: the node's network path in front of nothing but an
-  append and an fdatasync of each dataset, the least any receiver that
-  answers only once an instance is durable does.
+- The durable floor: the node's network path in front of nothing but a
+  write of each dataset into space zeroed beforehand and an fdatasync
+  (benchmarks.durable_floor), or in front of nothing at all: what a
+  durable answer costs beside the network path.
 
 DCMTK's tools and Orthanc (which receives through DCMTK) get
 TCP_NODELAY=1 in their environment; pacsstore and the pynetdicom peer
