@@ -18,6 +18,9 @@ storescu), ``node4`` (the same in four associations at once),
 (C-FIND over DIMSE on the 20,000-instance index of the cfind rows,
 which a run of that family must have built).
 
+``--gil`` records only the thread holding the GIL (py-spy's own
+``--gil``): where a row that leaves a core idle waits on Python.
+
 The in-process scenarios prepare (a store to read from, data loaded)
 before py-spy attaches, then loop for ``--seconds``; the node scenarios
 record ``pacsstore serve`` for as long as one client run takes.
@@ -48,6 +51,10 @@ from benchmarks.sending import find_latencies, send, send_parallel, split
 
 PY_SPY = Path(sys.executable).with_name("py-spy")
 RATE = 250  # samples per second
+# py-spy's own options for every recording; --gil adds "--gil" (only the
+# samples of the thread holding the GIL), which shows where a row whose
+# cores are not all busy waits on Python.
+_py_spy_options: tuple[str, ...] = ()
 TOP = 16
 
 # Leaves of a stack whose thread is waiting, not working: functions of
@@ -210,7 +217,7 @@ def _py_spy_attached(pid: int, raw: Path) -> Iterator[None]:
     """py-spy recording process ``pid`` while the block runs."""
     process = subprocess.Popen(
         [str(PY_SPY), "record", "--format", "raw", "--rate", str(RATE),
-         "--output", str(raw), "--pid", str(pid)],
+         "--output", str(raw), "--pid", str(pid), *_py_spy_options],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.0)  # attached before the work starts
@@ -296,11 +303,15 @@ def _caller(frames: list[str]) -> str:
 @click.option("--seconds", type=float, default=20, show_default=True)
 @click.option("--raw", type=click.Path(path_type=Path), default=None,
               help="Keep py-spy's raw (collapsed stacks) output here.")
+@click.option("--gil", is_flag=True,
+              help="Only samples of the thread holding the GIL.")
 @click.option("--run", "child", is_flag=True, hidden=True)
-def main(scenario: str, seconds: float, raw: Path | None,
+def main(scenario: str, seconds: float, raw: Path | None, gil: bool,
          child: bool) -> None:
     """Profile pacsstore's side of a benchmark row with py-spy."""
+    global _py_spy_options
     quiet_pydicom()
+    _py_spy_options = ("--gil",) if gil else ()
     with tempfile.TemporaryDirectory(prefix="pacsstore-profile-") as tmp:
         scratch = Path(tmp)
         if child:
