@@ -300,8 +300,12 @@ def _caller(frames: list[str]) -> str:
 @click.command()
 @click.argument("scenario", type=click.Choice(
     sorted(IN_PROCESS) + sorted(ATTACHED)))
-@click.option("--seconds", type=float, default=20, show_default=True)
-@click.option("--raw", type=click.Path(path_type=Path), default=None,
+@click.option("--seconds", type=click.FloatRange(0, min_open=True),
+              default=20, show_default=True,
+              help="How long an in-process scenario loops; a node "
+                   "scenario records one client run, however long.")
+@click.option("--raw", type=click.Path(path_type=Path, dir_okay=False),
+              default=None,
               help="Keep py-spy's raw (collapsed stacks) output here.")
 @click.option("--gil", is_flag=True,
               help="Only samples of the thread holding the GIL.")
@@ -310,6 +314,10 @@ def main(scenario: str, seconds: float, raw: Path | None, gil: bool,
          child: bool) -> None:
     """Profile pacsstore's side of a benchmark row with py-spy."""
     global _py_spy_options
+    if raw is not None and not raw.parent.is_dir():
+        # Found before the scenario runs, not after it.
+        raise click.BadParameter(f"{raw.parent} is not a folder",
+                                 param_hint="--raw")
     quiet_pydicom()
     _py_spy_options = ("--gil",) if gil else ()
     with tempfile.TemporaryDirectory(prefix="pacsstore-profile-") as tmp:
@@ -322,6 +330,10 @@ def main(scenario: str, seconds: float, raw: Path | None, gil: bool,
             ATTACHED[scenario](scratch, raw)
         else:
             _in_process(scenario, seconds, raw)
+        if not raw.exists():
+            raise click.ClickException(
+                f"py-spy wrote no profile to {raw}: is it installed "
+                f"({PY_SPY}), and may it attach to a process here?")
         for line in summary(raw):
             click.echo(line)
 

@@ -25,17 +25,19 @@ RAW = (
 )
 
 
-@pytest.fixture
-def py_spy_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+def _recorded_py_spy(monkeypatch: pytest.MonkeyPatch,
+                     output: str | None) -> list[list[str]]:
     """The command lines the profile command starts py-spy with; the
-    in-process scenario is replaced by an attach to a made-up pid that
-    leaves RAW as py-spy's output."""
+    in-process scenario is replaced by an attach to a made-up pid, and
+    py-spy by a recorder that leaves ``output`` as its profile (none
+    when None)."""
     calls: list[list[str]] = []
 
     class RecordedPopen:
         def __init__(self, args: list[str], **_: object) -> None:
             calls.append(args)
-            Path(args[args.index("--output") + 1]).write_text(RAW)
+            if output is not None:
+                Path(args[args.index("--output") + 1]).write_text(output)
 
         def poll(self) -> int:
             return 0
@@ -51,6 +53,11 @@ def py_spy_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     monkeypatch.setattr(profile.time, "sleep", lambda seconds: None)
     monkeypatch.setattr(profile, "_in_process", attach_only)
     return calls
+
+
+@pytest.fixture
+def py_spy_calls(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    return _recorded_py_spy(monkeypatch, RAW)
 
 
 @pytest.mark.parametrize("flags, expected", [([], False), (["--gil"], True)])
@@ -75,3 +82,40 @@ def test_summary_splits_busy_from_waiting(
                for line in lines)
     waited = lines[lines.index("waiting, by the call that waited:") + 1]
     assert waited.split()[:2] == ["100.0%", "_Pipeline._settle_oldest"]
+
+
+@pytest.mark.parametrize("seconds", ["0", "-1"])
+def test_seconds_must_be_positive(py_spy_calls: list[list[str]],
+                                  seconds: str) -> None:
+    result = CliRunner().invoke(profile.main,
+                                ["parse", "--seconds", seconds])
+    assert result.exit_code == 2
+    assert "--seconds" in result.output
+    assert py_spy_calls == []
+
+
+def test_raw_in_a_missing_folder_is_refused_before_running(
+        py_spy_calls: list[list[str]], tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder" / "raw.txt"
+    result = CliRunner().invoke(profile.main,
+                                ["parse", "--raw", str(missing)])
+    assert result.exit_code == 2
+    assert f"{missing.parent} is not a folder" in result.output
+    assert py_spy_calls == []
+
+
+def test_raw_is_kept_where_asked(py_spy_calls: list[list[str]],
+                                 tmp_path: Path) -> None:
+    raw = tmp_path / "raw.txt"
+    result = CliRunner().invoke(profile.main, ["parse", "--raw", str(raw)])
+    assert result.exit_code == 0, result.output
+    assert raw.read_text() == RAW
+
+
+def test_py_spy_that_writes_nothing_is_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _recorded_py_spy(monkeypatch, None)
+    result = CliRunner().invoke(profile.main, ["parse"])
+    assert result.exit_code == 1
+    assert "py-spy wrote no profile" in result.output
+    assert len(calls) == 1
