@@ -206,34 +206,28 @@ def _pacsstore(folder: Path) -> Iterator[Received]:
         yield Received(endpoint, count)
 
 
-@contextlib.contextmanager
-def _storescp(folder: Path) -> Iterator[Received]:
-    with storescp(folder / "received") as endpoint:
-        yield Received(endpoint, _files_in(folder / "received"))
+def _storescp_receiver(name: str, **options: bool) -> Receiver:
+    """A receiver that is a storescp started with ``options``
+    (peers.storescp), counted by the files it wrote; with ``ignore`` it
+    writes none, so there is nothing to count."""
+    @contextlib.contextmanager
+    def receiver(folder: Path) -> Iterator[Received]:
+        received = folder / "received"
+        count = ((lambda: None) if options.get("ignore")
+                 else _files_in(received))
+        with storescp(received, **options) as endpoint:
+            yield Received(endpoint, count)
+    receiver.__name__ = name
+    return receiver
 
 
-@contextlib.contextmanager
-def _storescp_bit_preserving(folder: Path) -> Iterator[Received]:
-    with storescp(folder / "received", bit_preserving=True) as endpoint:
-        yield Received(endpoint, _files_in(folder / "received"))
-
-
-@contextlib.contextmanager
-def _storescp_ignore(folder: Path) -> Iterator[Received]:
-    with storescp(folder / "received", ignore=True) as endpoint:
-        yield Received(endpoint, lambda: None)
-
-
-@contextlib.contextmanager
-def _storescp_fork_ignore(folder: Path) -> Iterator[Received]:
-    with storescp(folder / "received", fork=True, ignore=True) as endpoint:
-        yield Received(endpoint, lambda: None)
-
-
-@contextlib.contextmanager
-def _storescp_fork(folder: Path) -> Iterator[Received]:
-    with storescp(folder / "received", fork=True) as endpoint:
-        yield Received(endpoint, _files_in(folder / "received"))
+_storescp = _storescp_receiver("storescp")
+_storescp_fork = _storescp_receiver("storescp_fork", fork=True)
+_storescp_bit_preserving = _storescp_receiver("storescp_bit_preserving",
+                                              bit_preserving=True)
+_storescp_ignore = _storescp_receiver("storescp_ignore", ignore=True)
+_storescp_fork_ignore = _storescp_receiver("storescp_fork_ignore",
+                                           fork=True, ignore=True)
 
 
 @contextlib.contextmanager
